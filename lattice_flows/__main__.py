@@ -1,0 +1,3 @@
+from lattice_flows.cli import main
+
+raise SystemExit(main())

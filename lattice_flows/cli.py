@@ -1,0 +1,130 @@
+"""Command line: ``lattice-flows {hmc,analyze,info} ...``. Wires commands to the library;
+holds no physics. User errors (bad config, bad file, locked folder) print one paragraph to
+stderr and exit with status 2, without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lattice_flows import __version__
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set hmc.n_traj=500 (repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _cmd_hmc(args: argparse.Namespace) -> int:
+    from lattice_flows.config import load_config
+    from lattice_flows.logs import setup_logging
+    from lattice_flows.mcmc.hmc_run import run_hmc
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(args.verbose, logfile=run_dir / "run.log")
+    path = run_hmc(cfg, progress=not args.no_progress)
+    print(path)
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from lattice_flows.analysis import analyze_samples, find_sample_files, format_table, rows_to_json
+    from lattice_flows.io.hdf5 import SampleFile
+
+    out = []
+    for path in find_sample_files(args.path):
+        sf = SampleFile(path)
+        rows = analyze_samples(sf, discard=args.discard, S=args.S)
+        meta = {"file": str(path), "kind": sf.attrs.get("kind"), "n_saved": sf.n_saved,
+                "n_chains": sf.n_chains, "lattice_shape": list(sf.lattice_shape),
+                "m2": sf.attrs.get("m2"), "lam": sf.attrs.get("lam"), "discard": args.discard,
+                "S": args.S}
+        if args.json:
+            out.append(json.loads(rows_to_json(rows, meta)))
+        else:
+            title = (f"{path}  [{meta['kind']}, lattice {sf.lattice_shape}, m2={meta['m2']}, "
+                     f"lam={meta['lam']}, {sf.n_saved} rows x {sf.n_chains} chains, "
+                     f"Gamma-method S={args.S}]")
+            print(format_table(rows, title))
+            print()
+    if args.json:
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=1))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from lattice_flows.io.hdf5 import SampleFile
+
+    sf = SampleFile(args.file)
+    info = dict(sf.attrs)
+    info.pop("config", None)
+    info["observables"] = sf.observable_names
+    info["extra_datasets"] = sf.extra_names
+    if args.json:
+        info["config"] = sf.config_text
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    print(f"{sf.path}")
+    for k, v in info.items():
+        print(f"  {k:<16} {v}")
+    print("  config:")
+    for line in sf.config_text.splitlines():
+        print(f"    {line}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lattice-flows",
+        description="Normalizing flows and HMC for scalar phi^4 lattice field theory.",
+    )
+    parser.add_argument("--version", action="version", version=f"lattice_flows {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("hmc", help="HMC production run (resumes an existing run folder)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_hmc)
+
+    p = sub.add_parser("analyze", help="table of observables with Gamma-method errors and tau_int")
+    p.add_argument("path", help="a run folder or a sample HDF5 file")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    p.add_argument("--discard", type=int, default=0, help="drop the first N saved rows")
+    p.add_argument("--S", type=float, default=1.5, help="Gamma-method windowing parameter S")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("info", help="metadata of a sample file")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lattice_flows.config import ConfigError
+    from lattice_flows.io.checkpoint import CheckpointError
+    from lattice_flows.io.hdf5 import DataFileError
+    from lattice_flows.io.lock import RunLockedError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataFileError, CheckpointError, RunLockedError) as exc:
+        print(f"lattice-flows {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lattice-flows {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

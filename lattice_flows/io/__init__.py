@@ -1,0 +1,1 @@
+"""Files: the HDF5 sample layout (writer/reader), checkpoints, run folders."""

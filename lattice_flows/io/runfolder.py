@@ -1,0 +1,97 @@
+"""Self-describing run folders: the resolved config with a provenance header.
+
+Every run folder holds ``config.yaml`` = the resolved config (both coupling parametrizations)
+preceded by comment lines with the package version, git commit, seed, host, MPI size and time.
+The same provenance goes into every HDF5 file's attributes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import lattice_flows
+from lattice_flows.config import Config, ConfigError, config_from_yaml_text
+
+
+def git_commit() -> str:
+    """The git commit of the installed package source, or '' when not in a git checkout."""
+    src = Path(lattice_flows.__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if out.returncode != 0:
+        return ""
+    commit = out.stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True, timeout=5, check=False,
+    )
+    if dirty.returncode == 0 and dirty.stdout.strip():
+        commit += "-dirty"
+    return commit
+
+
+def provenance(cfg: Config, mpi_size: int = 1, rank: int = 0) -> dict[str, Any]:
+    """Metadata recorded in config.yaml headers and HDF5 attributes."""
+    return {
+        "package_version": lattice_flows.__version__,
+        "git_commit": git_commit(),
+        "seed": cfg.seed,
+        "hostname": socket.gethostname(),
+        "mpi_size": mpi_size,
+        "rank": rank,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
+
+
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def write_config(run_dir: Path, cfg: Config, prov: dict[str, Any]) -> Path:
+    """Write ``run_dir/config.yaml`` with a provenance header (atomically)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    header = "".join(f"# {k}: {v}\n" for k, v in prov.items())
+    text = "# lattice_flows resolved config\n" + header + config_yaml(cfg)
+    path = run_dir / "config.yaml"
+    tmp = path.with_name("config.yaml.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def read_run_config(run_dir: Path) -> Config | None:
+    """The resolved config stored in a run folder, or None if there is none."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    try:
+        return config_from_yaml_text(path.read_text())
+    except (ConfigError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: the stored config of this run folder is invalid: {exc}") from None
+
+
+def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        name = f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(diff_configs(a, b, name + "."))
+        elif a != b:
+            out.append(name)
+    return out

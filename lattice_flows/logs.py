@@ -1,0 +1,31 @@
+"""Logging setup: messages that say what runs where, to stderr and to the run folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+
+def setup_logging(verbose: bool = False, rank: int = 0, logfile: Path | None = None) -> None:
+    """Configure the ``lattice_flows`` logger; messages carry host and rank."""
+    logger = logging.getLogger("lattice_flows")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    fmt = logging.Formatter(
+        f"%(asctime)s {socket.gethostname()}:{os.getpid()} r{rank} %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not any(getattr(h, "_lf", False) for h in logger.handlers):
+        h = logging.StreamHandler()
+        h.setFormatter(fmt)
+        h._lf = True  # type: ignore[attr-defined]
+        if rank != 0 and not verbose:
+            h.setLevel(logging.WARNING)
+        logger.addHandler(h)
+    if logfile is not None:
+        fh = logging.FileHandler(logfile)
+        fh.setFormatter(fmt)
+        fh._lf = True  # type: ignore[attr-defined]
+        logger.addHandler(fh)
+    logger.propagate = False

@@ -1,0 +1,1 @@
+"""Markov chains: HMC (baseline and data source) and the flow independence Metropolis sampler."""

@@ -1,0 +1,172 @@
+"""HMC production: thermalise (tune eps), freeze eps, run chains, write chunks, checkpoint, resume.
+
+See :mod:`lattice_flows.mcmc.chain` for the run-folder and resume rules and
+:mod:`lattice_flows.mcmc.hmc` for the algorithm.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lattice_flows.config import Config, ConfigError
+from lattice_flows.devices import resolve_device, resolve_dtype
+from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
+from lattice_flows.io.hdf5 import SampleWriter
+from lattice_flows.io.lock import RunLock
+from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.mcmc.chain import (
+    RowBuffer, check_resumable, derive_seed, log, make_generator, observable_specs,
+)
+from lattice_flows.mcmc.hmc import HMC, DualAveraging
+from lattice_flows.observables import measure
+from lattice_flows.progress import progress_bar
+from lattice_flows.theory.phi4 import Phi4Action
+
+SAMPLES_NAME = "hmc.h5"
+CHECKPOINT_NAME = "hmc.ckpt"
+
+
+def _initial_step_size(cfg: Config) -> float:
+    h = cfg.hmc
+    return float(h.step_size) if h.step_size != "auto" else 1.0 / h.n_steps
+
+
+def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
+            rank: int = 0, world_size: int = 1) -> Path:
+    """Run (or resume, or extend) the HMC production of ``cfg``; returns the sample file path."""
+    if cfg.hmc is None:
+        raise ConfigError("config section 'hmc' is missing; it is required by 'lattice-flows hmc'.")
+    h = cfg.hmc
+    if h.step_size == "auto" and h.n_therm < 20:
+        raise ConfigError(
+            f"config key 'hmc.n_therm': value {h.n_therm} is too small for step_size 'auto'; "
+            "expected at least 20 thermalisation trajectories to tune the step size "
+            "(or give a numeric hmc.step_size)."
+        )
+    run_dir = Path(run_dir or cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return _run_locked(cfg, run_dir, progress, rank, world_size)
+
+
+def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_size: int) -> Path:
+    h = cfg.hmc
+    assert h is not None
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype)
+    action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
+    samples_path = run_dir / (SAMPLES_NAME if world_size == 1 else f"hmc.rank{rank:04d}.h5")
+    ckpt_path = run_dir / (CHECKPOINT_NAME if world_size == 1 else f"hmc.rank{rank:04d}.ckpt")
+    check_resumable(run_dir, cfg)
+    prov = provenance(cfg, world_size, rank)
+    if rank == 0:
+        write_config(run_dir, cfg, prov)
+    n_rows_total = h.n_traj // h.save_every
+    gen = make_generator(device, derive_seed(cfg.seed, rank, 0))
+    hmc = HMC(action, _initial_step_size(cfg), h.n_steps, h.integrator, h.jitter, gen)
+
+    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if state is not None:
+        if state.get("kind") != "hmc" or tuple(state["phi"].shape) != (h.n_chains, *cfg.lattice.shape):
+            raise ConfigError(
+                f"{ckpt_path}: checkpoint does not match the config (kind {state.get('kind')!r}, "
+                f"chains x lattice {tuple(state['phi'].shape)}); use a new output.dir."
+            )
+        phi = state["phi"].to(device=device, dtype=dtype)
+        gen.set_state(state["rng"])
+        hmc.step_size = float(state["step_size"])
+        traj = int(state["traj"])
+        n_acc, n_tried = int(state["n_accepted"]), int(state["n_tried"])
+        log.info("resuming %s at trajectory %d of %d", run_dir, traj, h.n_traj)
+    else:
+        phi = torch.randn((h.n_chains, *cfg.lattice.shape), generator=gen, device=device, dtype=dtype)
+        traj, n_acc, n_tried = 0, 0, 0
+        log.info(
+            "HMC on %s (%s): lattice %s, m2=%g lam=%g, %d chains, %d therm + %d traj",
+            device, cfg.dtype, cfg.lattice.shape, cfg.action.m2, cfg.action.lam, h.n_chains,
+            h.n_therm, h.n_traj,
+        )
+        bar = progress_bar(total=h.n_therm, desc="thermalise", enabled=progress and rank == 0)
+        tuner = DualAveraging(math.log(hmc.step_size), h.target_acceptance) if h.step_size == "auto" else None
+        for _ in range(h.n_therm):
+            phi, acc, prob, _ = hmc.step(phi)
+            if tuner is not None:
+                hmc.step_size = tuner.update(float(prob.mean()))
+            bar.update(1)
+        bar.close()
+        if tuner is not None:
+            hmc.step_size = tuner.final_step_size
+        log.info("thermalised; step size frozen at %.5g", hmc.step_size)
+        save_checkpoint(_ckpt(phi, gen, hmc.step_size, 0, 0, 0, 0), ckpt_path)
+
+    attrs = {
+        "kind": "hmc",
+        "config": config_yaml(cfg),
+        "lattice_shape": np.asarray(cfg.lattice.shape),
+        "m2": cfg.action.m2,
+        "lam": cfg.action.lam,
+        "step_size": hmc.step_size,
+        **{k: v for k, v in prov.items() if k != "created"},
+    }
+    specs = {"action": ((), np.float64), "accepted": ((), np.bool_),
+             **observable_specs(cfg.lattice.shape, cfg.output.store_G)}
+    writer = SampleWriter(samples_path, attrs, h.n_chains, cfg.lattice.shape, specs)
+    rows_done = traj // h.save_every
+    writer.truncate(rows_done)  # rows written after the last checkpoint are regenerated
+
+    buf = RowBuffer()
+    acc_since_save = torch.zeros(h.n_chains, dtype=torch.bool, device=device)
+    t0 = time.perf_counter()
+    start_traj = traj
+    bar = progress_bar(total=h.n_traj, initial=traj, desc="hmc", enabled=progress and rank == 0)
+    while traj < h.n_traj:
+        phi, acc, prob, s_new = hmc.step(phi)
+        traj += 1
+        n_acc += int(acc.sum())
+        n_tried += acc.numel()
+        acc_since_save |= acc
+        if traj % h.save_every == 0:
+            obs = measure(phi, action, cfg.output.store_G)
+            row = {
+                "configs": phi.detach().to(torch.float32).cpu().numpy(),
+                "action": s_new.cpu().numpy(),
+                "accepted": acc_since_save.cpu().numpy(),
+            }
+            row.update({f"observables/{k}": v.cpu().numpy() for k, v in obs.items()})
+            buf.add(row)
+            acc_since_save = torch.zeros_like(acc_since_save)
+            if buf.n >= cfg.output.chunk_rows or traj // h.save_every == n_rows_total:
+                writer.append(buf.take())
+                save_checkpoint(_ckpt(phi, gen, hmc.step_size, traj, n_acc, n_tried, 1), ckpt_path)
+        bar.update(1)
+        if bar.enabled and n_tried:
+            bar.set_postfix(acc=f"{n_acc / n_tried:.3f}")
+    bar.close()
+    dt = time.perf_counter() - t0
+    if traj > start_traj:
+        log.info(
+            "HMC done: %d trajectories in %.1f s (%.1f traj/s), acceptance %.3f, %d rows in %s",
+            traj - start_traj, dt, (traj - start_traj) / dt, n_acc / max(1, n_tried),
+            writer.n_saved(), samples_path,
+        )
+    else:
+        log.info("HMC run %s is already complete (%d trajectories)", run_dir, traj)
+    return samples_path
+
+
+def _ckpt(phi, gen, step_size, traj, n_acc, n_tried, phase) -> dict:
+    return {
+        "kind": "hmc",
+        "phi": phi.detach().cpu().clone(),
+        "rng": gen.get_state().clone(),
+        "step_size": float(step_size),
+        "traj": int(traj),
+        "n_accepted": int(n_acc),
+        "n_tried": int(n_tried),
+        "phase": int(phase),
+    }
