@@ -284,6 +284,33 @@ _HMC = {
 
 
 @dataclass(frozen=True)
+class FlowConfig:
+    """Flow architecture (see :mod:`lattice_flows.flows`)."""
+
+    n_layers: int = 16
+    hidden_channels: tuple[int, ...] = (32, 32)
+    kernel_size: int = 3
+    equivariant: bool = True
+    activation: str = "tanh"
+    fourier_layer: bool = True
+    bijection: str = "affine"
+
+
+_FLOW = {
+    "n_layers": _Field("int", 16, "a positive even integer (coupling layers)", lambda x: x > 0 and x % 2 == 0),
+    "hidden_channels": _Field(
+        "int_list", (32, 32), "a list of positive integers (conv channels per hidden layer)",
+        lambda s: all(n > 0 for n in s),
+    ),
+    "kernel_size": _Field("int", 3, "a positive odd integer", lambda x: x > 0 and x % 2 == 1),
+    "equivariant": _Field("bool", True, "true (exact Z2 equivariance) or false"),
+    "activation": _Field("choice", "tanh", choices=("tanh", "leaky_relu", "gelu", "silu", "relu")),
+    "fourier_layer": _Field("bool", True, "true or false (learnable Fourier-space Gaussian layer)"),
+    "bijection": _Field("choice", "affine", choices=("affine",)),
+}
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where a run writes: the run folder, and rows per chunk write/checkpoint."""
 
@@ -311,6 +338,7 @@ class Config:
     device: str = "auto"
     dtype: str = "float32"
     hmc: HMCConfig | None = None
+    flow: FlowConfig | None = None
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,6 +359,8 @@ class Config:
         }
         if self.hmc is not None:
             out["hmc"] = asdict(self.hmc)
+        if self.flow is not None:
+            out["flow"] = {**asdict(self.flow), "hidden_channels": list(self.flow.hidden_channels)}
         return out
 
     def physics_dict(self) -> dict[str, Any]:
@@ -343,7 +373,7 @@ class Config:
         }
 
 
-_TOP_KEYS = ("lattice", "action", "seed", "device", "dtype", "hmc", "output")
+_TOP_KEYS = ("lattice", "action", "seed", "device", "dtype", "hmc", "flow", "output")
 
 
 def _fill(cls: type, values: dict[str, Any]) -> Any:
@@ -377,10 +407,19 @@ def config_from_dict(raw: Any) -> Config:
     hmc = None
     if "hmc" in raw:
         hmc = _fill(HMCConfig, _parse_section("hmc", raw["hmc"], _HMC))
+    flow = None
+    if "flow" in raw:
+        flow = _fill(FlowConfig, _parse_section("flow", raw["flow"], _FLOW))
+        odd = [n for n in lattice.shape if n % 2]
+        if odd:
+            raise ConfigError(
+                f"config key 'lattice.shape': value {list(lattice.shape)} is not allowed with a "
+                "flow; checkerboard couplings need every extent even."
+            )
     output = _fill(OutputConfig, _parse_section("output", raw.get("output"), _OUTPUT))
     return Config(
         lattice=lattice, action=action, seed=seed, device=device, dtype=dtype, hmc=hmc,
-        output=output,
+        flow=flow, output=output,
     )
 
 
