@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny configs, run folders in tmp dirs, a subprocess runner of the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def cli(*args: str, check: bool = True, timeout: float = 300, env_extra: dict | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m lattice_flows ARGS`` in a real subprocess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(env_extra or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "lattice_flows", *args], capture_output=True, text=True,
+        timeout=timeout, env=env, cwd=cwd,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"CLI {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tiny_hmc_raw(out_dir: Path, **hmc) -> dict:
+    raw = {
+        "lattice": {"shape": [6, 6]},
+        "action": {"m2": -4.0, "lam": 8.0},
+        "seed": 11,
+        "device": "cpu",
+        "hmc": {"n_chains": 4, "n_therm": 30, "n_traj": 60, "n_steps": 6, "step_size": "auto",
+                "save_every": 2},
+        "output": {"dir": str(out_dir), "chunk_rows": 7},
+    }
+    raw["hmc"].update(hmc)
+    return raw
+
+
+@pytest.fixture
+def tiny_hmc_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "tiny.yaml", tiny_hmc_raw(tmp_path / "run"))

@@ -1,0 +1,184 @@
+"""HMC production end to end: CLI, HDF5 layout, provenance, resume after SIGKILL, extension,
+locks, refused configs and files. Real subprocesses, real HDF5 files in tmp dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from lattice_flows.cli import main
+from lattice_flows.io.hdf5 import DataFileError, SampleFile
+from tests.conftest import cli, tiny_hmc_raw, write_config
+
+
+def _datasets(path: Path) -> dict[str, np.ndarray]:
+    sf = SampleFile(path)
+    out = {"configs": sf.configs(), "action": sf.action(), "accepted": sf.accepted()}
+    out.update({f"observables/{k}": v for k, v in sf.observables().items()})
+    return out
+
+
+def _assert_equal_files(a: Path, b: Path) -> None:
+    da, db = _datasets(a), _datasets(b)
+    assert da.keys() == db.keys()
+    for k in da:
+        assert da[k].shape == db[k].shape, k
+        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+
+
+def test_hmc_cli_writes_self_describing_run(tmp_path, tiny_hmc_config):
+    proc = cli("hmc", str(tiny_hmc_config), "--no-progress")
+    run = tmp_path / "run"
+    path = run / "hmc.h5"
+    assert proc.stdout.strip().endswith("hmc.h5")
+    text = (run / "config.yaml").read_text()
+    for key in ("package_version", "git_commit", "seed", "hostname", "mpi_size", "created"):
+        assert f"# {key}:" in text
+    resolved = yaml.safe_load(text)
+    assert resolved["action"]["kappa"] is not None  # both parametrizations recorded
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "lattice_flows.samples"
+        assert int(f.attrs["format_version"]) == 1
+        for k in ("package_version", "config", "seed", "hostname", "git_commit", "created", "kind"):
+            assert k in f.attrs, k
+        assert yaml.safe_load(f.attrs["config"])["lattice"]["shape"] == [6, 6]
+        assert f["configs"].dtype == np.float32 and f["configs"].shape == (30, 4, 6, 6)
+        assert f["configs"].chunks is not None and f["configs"].compression == "gzip"
+        assert f["action"].dtype == np.float64 and f["action"].shape == (30, 4)
+        assert f["accepted"].dtype == np.bool_
+        assert set(f["observables"]) >= {"M", "absM", "M2", "M4", "chi2", "E", "action_density", "C", "G"}
+    sf = SampleFile(path)
+    # stored action and observables belong to the stored configs
+    from lattice_flows.theory.phi4 import Phi4Action
+    import torch
+    phi = torch.from_numpy(sf.configs()).double()
+    S = Phi4Action(-4.0, 8.0, 2)(phi.reshape(-1, 6, 6)).reshape(30, 4).numpy()
+    np.testing.assert_allclose(S, sf.action(), rtol=1e-5)
+    np.testing.assert_allclose(sf.observable("M"), phi.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-7)
+
+    info = cli("info", str(path), "--json")
+    assert json.loads(info.stdout)["kind"] == "hmc"
+    ana = cli("analyze", str(run), "--json")
+    table = {r["name"]: r for r in json.loads(ana.stdout)["observables"]}
+    for name in ("chi2", "absM", "U4", "E", "G[0]", "C[1]", "action_density"):
+        assert name in table and table[name]["error"] >= 0 and table[name]["tau_int"] > 0
+    text_table = cli("analyze", str(path)).stdout
+    assert "chi2" in text_table and "tau_int" in text_table
+
+
+def _kill_at_random_point(cmd_cfg: Path, run: Path, rng: random.Random) -> bool:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lattice_flows", "hmc", str(cmd_cfg), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    deadline = time.time() + 60
+    while not (run / "hmc.h5").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.05, 0.8))
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return alive
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    raw = tiny_hmc_raw(tmp_path / "ref", n_traj=2500, save_every=1, n_chains=4)
+    raw["output"]["chunk_rows"] = 40
+    ref_cfg = write_config(tmp_path / "ref.yaml", raw)
+    cli("hmc", str(ref_cfg), "--no-progress")
+
+    raw["output"]["dir"] = str(tmp_path / "killed")
+    cfg = write_config(tmp_path / "killed.yaml", raw)
+    rng = random.Random(4)
+    kills = 0
+    for _ in range(3):
+        if _kill_at_random_point(cfg, tmp_path / "killed", rng):
+            kills += 1
+            # the file stays readable after a kill, showing only committed rows
+            if (tmp_path / "killed" / "hmc.h5").exists():
+                sf = SampleFile(tmp_path / "killed" / "hmc.h5")
+                assert sf.n_saved <= 2500 and sf.configs().shape[0] == sf.n_saved
+    assert kills >= 1, "the run finished before it could be killed: the test would prove nothing"
+    cli("hmc", str(cfg), "--no-progress")
+    _assert_equal_files(tmp_path / "ref" / "hmc.h5", tmp_path / "killed" / "hmc.h5")
+
+
+def test_uncommitted_rows_are_invisible_and_dropped_on_resume(tmp_path):
+    raw = tiny_hmc_raw(tmp_path / "a")
+    cfg_a = write_config(tmp_path / "a.yaml", raw)
+    assert main(["hmc", str(cfg_a), "--no-progress"]) == 0
+    path = tmp_path / "a" / "hmc.h5"
+    n = SampleFile(path).n_saved
+    # simulate a crash in the middle of a chunk write: rows appended but never committed
+    with h5py.File(path, "a") as f:
+        for name in ("configs", "action", "accepted"):
+            f[name].resize(n + 3, axis=0)
+        f["configs"][n:] = 99.0
+    sf = SampleFile(path)
+    assert sf.n_saved == n and sf.configs().shape[0] == n and not (sf.configs() == 99.0).any()
+
+
+def test_extending_a_finished_chain_equals_a_longer_run(tmp_path):
+    raw_long = tiny_hmc_raw(tmp_path / "long", n_traj=80)
+    assert main(["hmc", str(write_config(tmp_path / "long.yaml", raw_long)), "--no-progress"]) == 0
+    raw = tiny_hmc_raw(tmp_path / "ext", n_traj=40)
+    cfg = write_config(tmp_path / "ext.yaml", raw)
+    assert main(["hmc", str(cfg), "--no-progress"]) == 0
+    assert SampleFile(tmp_path / "ext" / "hmc.h5").n_saved == 20
+    assert main(["hmc", str(cfg), "--no-progress"]) == 0  # complete: nothing to do
+    assert main(["hmc", str(cfg), "--no-progress", "--set", "hmc.n_traj=80"]) == 0
+    _assert_equal_files(tmp_path / "long" / "hmc.h5", tmp_path / "ext" / "hmc.h5")
+
+
+def test_resume_with_changed_physics_is_refused(tmp_path, tiny_hmc_config, capsys):
+    assert main(["hmc", str(tiny_hmc_config), "--no-progress"]) == 0
+    before = SampleFile(tmp_path / "run" / "hmc.h5").action().copy()
+    assert main(["hmc", str(tiny_hmc_config), "--no-progress", "--set", "action.m2=-3.0"]) == 2
+    err = capsys.readouterr().err
+    assert "action" in err and "different config" in err and str(tmp_path / "run") in err
+    np.testing.assert_array_equal(SampleFile(tmp_path / "run" / "hmc.h5").action(), before)
+
+
+def test_locked_run_folder_is_refused_and_stale_lock_cleared(tmp_path, tiny_hmc_config, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    import socket
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run / ".lock").write_text(f"{socket.gethostname()} {sleeper.pid}\n")
+        assert main(["hmc", str(tiny_hmc_config), "--no-progress"]) == 2
+        assert "in use by process" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # now the lock is stale (its process is gone): it is cleared and the run proceeds
+    assert main(["hmc", str(tiny_hmc_config), "--no-progress"]) == 0
+    assert not (run / ".lock").exists()
+
+
+def test_foreign_and_damaged_files_are_refused(tmp_path, capsys):
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["data"] = np.zeros(3)
+    with pytest.raises(DataFileError, match="not a lattice_flows sample file"):
+        SampleFile(foreign)
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"this is not hdf5" * 10)
+    assert main(["info", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert str(junk) in err and "not HDF5" in err
+    assert main(["analyze", str(tmp_path / "missing")]) == 2
+    assert "no such file" in capsys.readouterr().err
