@@ -36,6 +36,20 @@ def _cmd_hmc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lattice_flows.config import load_config
+    from lattice_flows.logs import setup_logging
+    from lattice_flows.training.trainer import train_flow
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(args.verbose, logfile=run_dir / "run.log")
+    result = train_flow(cfg, progress=not args.no_progress)
+    print(json.dumps(result.as_dict()))
+    return 0
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from lattice_flows.analysis import analyze_samples, find_sample_files, format_table, rows_to_json
     from lattice_flows.io.hdf5 import SampleFile
@@ -94,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_hmc)
 
+    p = sub.add_parser("train", help="train a flow (resumes an existing run folder)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("analyze", help="table of observables with Gamma-method errors and tau_int")
     p.add_argument("path", help="a run folder or a sample HDF5 file")
     p.add_argument("--json", action="store_true", help="machine-readable JSON output")
@@ -113,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     from lattice_flows.io.checkpoint import CheckpointError
     from lattice_flows.io.hdf5 import DataFileError
     from lattice_flows.io.lock import RunLockedError
+    from lattice_flows.training.trainer import TrainingError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataFileError, CheckpointError, RunLockedError) as exc:
+    except (ConfigError, DataFileError, CheckpointError, RunLockedError, TrainingError) as exc:
         print(f"lattice-flows {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -52,6 +52,11 @@ def _coerce(key: str, value: Any, spec: _Field) -> Any:
             raise bad
         out: Any = int(value)
     elif kind == "float":
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         out = float(value)
@@ -92,6 +97,10 @@ def _coerce(key: str, value: Any, spec: _Field) -> Any:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise bad
         out = tuple(int(v) for v in value)
+    elif kind == "optional_float":
+        if value is None:
+            return None
+        return _coerce(key, value, _Field("float", allowed=spec.allowed, check=spec.check))
     elif kind == "optional_int":
         if value is None:
             return None
@@ -293,6 +302,7 @@ class FlowConfig:
     equivariant: bool = True
     activation: str = "tanh"
     fourier_layer: bool = True
+    fourier_m2_init: float | str = "auto"
     bijection: str = "affine"
 
 
@@ -306,7 +316,72 @@ _FLOW = {
     "equivariant": _Field("bool", True, "true (exact Z2 equivariance) or false"),
     "activation": _Field("choice", "tanh", choices=("tanh", "leaky_relu", "gelu", "silu", "relu")),
     "fourier_layer": _Field("bool", True, "true or false (learnable Fourier-space Gaussian layer)"),
+    "fourier_m2_init": _Field(
+        "float_or_auto", "auto", "'auto' (m2 if m2 > 0, else 1) or a positive mass squared",
+        lambda x: x > 0,
+    ),
     "bijection": _Field("choice", "affine", choices=("affine",)),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Flow training (see :mod:`lattice_flows.training`)."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    objective: str = "reverse"
+    data: str | None = None
+    alpha: float = 0.5
+    alpha_final: float | None = None
+    grad_clip: float = 10.0
+    max_nonfinite: int = 20
+    log_every: int = 50
+    checkpoint_every: int = 500
+    init_from: str | None = None
+    eval_samples: int = 10240
+    eval_batch_size: int = 2048
+    time_budget: float | None = None
+    sign_flip: bool = True
+    validation_fraction: float = 0.1
+
+
+def _opt_float(check, allowed):
+    return _Field("optional_float", None, allowed, check)
+
+
+_TRAIN = {
+    "steps": _Field("int", 2000, "a positive integer (optimizer steps)", _pos),
+    "batch_size": _Field("int", 256, "a positive integer (global batch size)", _pos),
+    "lr": _Field("float", 3e-3, "a positive learning rate", _pos),
+    "lr_schedule": _Field("choice", "cosine", choices=("cosine", "constant")),
+    "warmup_steps": _Field("int", 0, "an integer >= 0 (linear warm-up steps)", _nonneg),
+    "optimizer": _Field("choice", "adam", choices=("adam", "adamw")),
+    "weight_decay": _Field("float", 0.0, "a number >= 0", _nonneg),
+    "objective": _Field(
+        "choice", "reverse", choices=("reverse", "path_gradient", "forward", "mixed")
+    ),
+    "data": _Field("optional_path", None, "a path to a lattice_flows HDF5 sample file (e.g. hmc.h5) or null"),
+    "alpha": _Field("float", 0.5, "a number in [0, 1] (weight of reverse KL in 'mixed')", lambda x: 0 <= x <= 1),
+    "alpha_final": _opt_float(lambda x: 0 <= x <= 1, "null or a number in [0, 1] (alpha at the last step; linear schedule)"),
+    "grad_clip": _Field("float", 10.0, "a number >= 0 (max gradient norm; 0 = off)", _nonneg),
+    "max_nonfinite": _Field("int", 20, "a positive integer (consecutive non-finite steps before stopping)", _pos),
+    "log_every": _Field("int", 50, "a positive integer (steps between metric records)", _pos),
+    "checkpoint_every": _Field("int", 500, "a positive integer (steps between checkpoints)", _pos),
+    "init_from": _Field("optional_path", None, "null or a path to a flow checkpoint (flow.pt or train.ckpt)"),
+    "eval_samples": _Field("int", 10240, "a positive integer (fresh samples for the final ESS/acceptance)", _pos),
+    "eval_batch_size": _Field("int", 2048, "a positive integer", _pos),
+    "time_budget": _opt_float(_pos, "null or a positive number of CPU-seconds for training"),
+    "sign_flip": _Field("bool", True, "true or false (random Z2 sign flips of training data)"),
+    "validation_fraction": _Field(
+        "float", 0.1, "a number in [0, 0.5] (share of data rows held out for the validation NLL)",
+        lambda x: 0 <= x <= 0.5,
+    ),
 }
 
 
@@ -339,6 +414,7 @@ class Config:
     dtype: str = "float32"
     hmc: HMCConfig | None = None
     flow: FlowConfig | None = None
+    train: TrainConfig | None = None
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -359,6 +435,8 @@ class Config:
         }
         if self.hmc is not None:
             out["hmc"] = asdict(self.hmc)
+        if self.train is not None:
+            out["train"] = asdict(self.train)
         if self.flow is not None:
             out["flow"] = {**asdict(self.flow), "hidden_channels": list(self.flow.hidden_channels)}
         return out
@@ -373,7 +451,7 @@ class Config:
         }
 
 
-_TOP_KEYS = ("lattice", "action", "seed", "device", "dtype", "hmc", "flow", "output")
+_TOP_KEYS = ("lattice", "action", "seed", "device", "dtype", "hmc", "flow", "train", "output")
 
 
 def _fill(cls: type, values: dict[str, Any]) -> Any:
@@ -416,10 +494,18 @@ def config_from_dict(raw: Any) -> Config:
                 f"config key 'lattice.shape': value {list(lattice.shape)} is not allowed with a "
                 "flow; checkerboard couplings need every extent even."
             )
+    train = None
+    if "train" in raw:
+        train = _fill(TrainConfig, _parse_section("train", raw["train"], _TRAIN))
+        if train.objective in ("forward", "mixed") and not train.data:
+            raise ConfigError(
+                f"config key 'train.data' is missing; objective '{train.objective}' needs "
+                "training configurations: the path of a lattice_flows HDF5 sample file (e.g. hmc.h5)."
+            )
     output = _fill(OutputConfig, _parse_section("output", raw.get("output"), _OUTPUT))
     return Config(
         lattice=lattice, action=action, seed=seed, device=device, dtype=dtype, hmc=hmc,
-        flow=flow, output=output,
+        flow=flow, train=train, output=output,
     )
 
 

@@ -27,7 +27,11 @@ from lattice_flows.io.runfolder import diff_configs, read_run_config
 log = logging.getLogger("lattice_flows")
 
 #: config keys that may change between a run and its resumption
-RESUMABLE_CHANGES = {"hmc.n_traj", "sample.n_samples", "output.dir", "output.chunk_rows"}
+RESUMABLE_CHANGES = {
+    "hmc.n_traj", "sample.n_samples", "output.dir", "output.chunk_rows",
+    "train.steps", "train.time_budget", "train.eval_samples", "train.eval_batch_size",
+    "train.log_every", "train.checkpoint_every",
+}
 
 
 def derive_seed(seed: int, *stream: int) -> int:

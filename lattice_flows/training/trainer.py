@@ -1,0 +1,372 @@
+"""The flow trainer: optimiser, schedules, clipping, non-finite guards, metrics, checkpoints.
+
+Run folder of a training run (``output.dir``)::
+
+    config.yaml   resolved config + provenance
+    train.h5      metrics every ``train.log_every`` steps (lattice_flows.io.train_log)
+    train.ckpt    model, optimiser, scheduler, RNG states, step (atomic; resume point)
+    flow.pt       the trained flow: weights + architecture + lattice (input of `sample`)
+    train_summary.json  final ESS/N and independence-Metropolis acceptance on fresh samples
+
+At the end the flow is evaluated on ``train.eval_samples`` (>= 10,240 by default) fresh samples:
+ESS/N = (sum w)^2 / (N sum w^2) and the acceptance of an independence-Metropolis chain
+(CONVENTIONS.md "Statistics"); never per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import lattice_flows
+from lattice_flows.config import Config, ConfigError
+from lattice_flows.devices import resolve_device, resolve_dtype
+from lattice_flows.flows.flow import Flow, build_flow
+from lattice_flows.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lattice_flows.io.lock import RunLock
+from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.io.train_log import TrainLog
+from lattice_flows.mcmc.chain import check_resumable, derive_seed, log, make_generator
+from lattice_flows.mcmc.metropolis import acceptance_rate
+from lattice_flows.progress import progress_bar
+from lattice_flows.statistics import effective_sample_size
+from lattice_flows.theory.phi4 import Phi4Action
+from lattice_flows.training.estimators import make_estimator
+
+CHECKPOINT_NAME = "train.ckpt"
+FLOW_NAME = "flow.pt"
+LOG_NAME = "train.h5"
+SUMMARY_NAME = "train_summary.json"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. the loss keeps being non-finite); the message says why."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    ess: float
+    acceptance: float
+    train_cpu_s: float
+    nonfinite_steps: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def lr_lambda(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base lr: linear warm-up, then constant or cosine decay to 0."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, Any]:
+    """A detached CPU copy of a state dict (tensors cloned; extra state such as floats kept)."""
+    return {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v)
+            for k, v in module.state_dict().items()}
+
+
+def flow_state(flow: Flow, cfg: Config) -> dict[str, Any]:
+    """The content of ``flow.pt``: weights plus what is needed to rebuild the flow."""
+    assert cfg.flow is not None
+    return {
+        "kind": "flow",
+        "package_version": lattice_flows.__version__,
+        "state_dict": cpu_state_dict(flow),
+        "flow_config": cfg.to_dict()["flow"],
+        "lattice_shape": list(cfg.lattice.shape),
+        "m2": cfg.action.m2,
+        "lam": cfg.action.lam,
+    }
+
+
+def load_flow_weights(flow: Flow, path: str | Path) -> dict[str, Any]:
+    """Load weights from ``flow.pt`` or ``train.ckpt`` into ``flow`` (any lattice size).
+
+    Refused with the path and the reason when the architecture differs.
+    """
+    state = load_checkpoint(path)
+    if state.get("kind") not in ("flow", "train"):
+        raise CheckpointError(f"{path}: a '{state.get('kind')}' checkpoint, not a flow.")
+    sd = state["state_dict"] if state["kind"] == "flow" else state["model"]
+    own = flow.state_dict()
+    missing = sorted(set(own) - set(sd))
+    extra = sorted(set(sd) - set(own))
+    wrong = sorted(
+        k for k in set(own) & set(sd)
+        if isinstance(own[k], torch.Tensor)
+        and (not isinstance(sd[k], torch.Tensor) or tuple(own[k].shape) != tuple(sd[k].shape))
+    )
+    if missing or extra or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", extra), ("shape differs", wrong))
+            if keys
+        )
+        raise CheckpointError(
+            f"{path}: the checkpoint's flow architecture differs from the config's flow section "
+            f"({detail})."
+        )
+    flow.load_state_dict(sd)
+    return state
+
+
+@torch.no_grad()
+def evaluate_flow(flow: Flow, action: Phi4Action, n_samples: int, batch_size: int,
+                  generator: torch.Generator, lattice_shape=None) -> dict[str, float]:
+    """ESS/N and independence-Metropolis acceptance on ``n_samples`` fresh samples."""
+    log_w = []
+    done = 0
+    t0 = time.perf_counter()
+    while done < n_samples:
+        n = min(batch_size, n_samples - done)
+        phi, log_q = flow.sample(n, generator=generator, lattice_shape=lattice_shape)
+        log_w.append((-(action(phi.double()) + log_q.double())).cpu())
+        done += n
+    dt = time.perf_counter() - t0
+    lw = torch.cat(log_w)
+    cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item()))
+    return {
+        "ess": effective_sample_size(lw.numpy()),
+        "acceptance": acceptance_rate(lw, cpu_gen),
+        "n_samples": int(lw.numel()),
+        "n_nonfinite": int((~torch.isfinite(lw)).sum()),
+        "proposals_per_s": lw.numel() / dt,
+        "log_w_std": float(lw[torch.isfinite(lw)].std()),
+    }
+
+
+def train_flow(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
+               world=None) -> TrainResult:
+    """Train (or resume) the flow of ``cfg``; see the module docstring for the run folder."""
+    if cfg.flow is None or cfg.train is None:
+        missing = "flow" if cfg.flow is None else "train"
+        raise ConfigError(f"config section '{missing}' is missing; it is required by 'lattice-flows train'.")
+    run_dir = Path(run_dir or cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank = 0 if world is None else world.rank
+    if rank == 0:
+        with RunLock(run_dir, ".lock.train"):
+            return _train(cfg, run_dir, progress, world)
+    return _train(cfg, run_dir, progress, world)
+
+
+def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
+    assert cfg.flow is not None and cfg.train is not None
+    tc = cfg.train
+    rank = 0 if world is None else world.rank
+    size = 1 if world is None else world.size
+    is_root = rank == 0
+    device = resolve_device(cfg.device, 0 if world is None else world.local_rank)
+    dtype = resolve_dtype(cfg.dtype)
+    action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
+    if tc.batch_size % size:
+        raise ConfigError(
+            f"config key 'train.batch_size': value {tc.batch_size} is not divisible by the "
+            f"{size} MPI ranks; expected a multiple of {size}."
+        )
+    local_batch = tc.batch_size // size
+    if is_root:
+        check_resumable(run_dir, cfg)
+    prov = provenance(cfg, size, rank)
+    if is_root:
+        write_config(run_dir, cfg, prov)
+
+    torch.manual_seed(derive_seed(cfg.seed, 0, 99))  # parameter init: identical on every rank
+    flow = build_flow(cfg.flow, cfg.lattice.shape, cfg.action.m2).to(device=device, dtype=dtype)
+    estimator = make_estimator(tc.objective, action, tc.alpha)
+    data = None
+    if estimator.needs_data:
+        from lattice_flows.training.data import ConfigurationStream
+
+        data = ConfigurationStream(
+            tc.data, cfg.lattice.shape, torch.Generator().manual_seed(derive_seed(cfg.seed, rank, 2)),
+            tc.validation_fraction, tc.sign_flip, (cfg.action.m2, cfg.action.lam),
+        )
+    opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(flow.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, tc.steps, tc.warmup_steps, tc.lr_schedule)
+    )
+    gen = make_generator(device, derive_seed(cfg.seed, rank, 1))
+
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    step, cpu_used, nonfinite_total = 0, 0.0, 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if state.get("kind") != "train":
+            raise CheckpointError(f"{ckpt_path}: not a training checkpoint.")
+        load_flow_weights(flow, ckpt_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        cpu_used = float(state["cpu_s"])
+        nonfinite_total = int(state["nonfinite"])
+        rngs = state["rng"]
+        gen.set_state(rngs[rank] if rank < len(rngs) else rngs[0])
+        if data is not None and "data_rng" in state:
+            data.generator.set_state(state["data_rng"][rank])
+        if is_root:
+            log.info("resuming training in %s at step %d of %d", run_dir, step, tc.steps)
+    elif tc.init_from:
+        load_flow_weights(flow, tc.init_from)
+        if is_root:
+            log.info("initialised the flow from %s", tc.init_from)
+    if world is not None:
+        world.broadcast_parameters(flow)
+
+    tlog = TrainLog(run_dir / LOG_NAME, {"config": config_yaml(cfg), **prov}) if is_root else None
+    if tlog is not None:
+        tlog.truncate_after(step)
+    if is_root:
+        log.info(
+            "training on %s (%s, %d rank(s)): lattice %s, %d params, objective %s, %d steps, batch %d",
+            device, cfg.dtype, size, cfg.lattice.shape, flow.n_params(), tc.objective, tc.steps,
+            tc.batch_size,
+        )
+
+    def save(step_: int) -> None:
+        rngs = world.gather_states(gen.get_state()) if world is not None else [gen.get_state()]
+        drng = None
+        if data is not None:
+            drng = world.gather_states(data.generator.get_state()) if world is not None else [data.generator.get_state()]
+        if not is_root:
+            return
+        state = {
+            "kind": "train",
+            "model": cpu_state_dict(flow),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step_,
+            "cpu_s": cpu_used,
+            "nonfinite": nonfinite_total,
+            "rng": [r.clone() for r in rngs],
+        }
+        if drng is not None:
+            state["data_rng"] = [r.clone() for r in drng]
+        save_checkpoint(state, ckpt_path)
+        save_checkpoint(flow_state(flow, cfg), run_dir / FLOW_NAME)
+
+    bar = progress_bar(total=tc.steps, initial=step, desc="train", enabled=progress and is_root)
+    window_lw: list[torch.Tensor] = []
+    window_loss: list[float] = []
+    window_gn: list[float] = []
+    consecutive_bad = 0
+    t_window = time.perf_counter()
+    steps_window = 0
+    stopped_by_budget = False
+    cpu_t0 = time.process_time()
+    cpu_base = cpu_used
+    while step < tc.steps:
+        if tc.time_budget is not None and cpu_used >= tc.time_budget:
+            stopped_by_budget = True
+            break
+        if hasattr(estimator, "alpha") and tc.alpha_final is not None:
+            estimator.alpha = tc.alpha + (tc.alpha_final - tc.alpha) * step / max(1, tc.steps - 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss, info = estimator.loss(flow, local_batch, generator=gen, data=data)
+        loss_ok = bool(torch.isfinite(loss))
+        if loss_ok:
+            loss.backward()
+        if world is not None:
+            loss_ok = world.all_ok(loss_ok)
+            if loss_ok:
+                world.allreduce_gradients(flow)
+        grad_norm = float("nan")
+        if loss_ok:
+            gn = torch.nn.utils.clip_grad_norm_(
+                flow.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            )
+            grad_norm = float(gn)
+        if not (loss_ok and math.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            nonfinite_total += 1
+            consecutive_bad += 1
+            if is_root:
+                log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)",
+                            step, consecutive_bad)
+            if consecutive_bad >= tc.max_nonfinite:
+                raise TrainingError(
+                    f"training stopped at step {step}: {consecutive_bad} consecutive steps with a "
+                    "non-finite loss or gradient. Lower train.lr, raise train.grad_clip's effect "
+                    f"(smaller value), or resume from the last checkpoint {ckpt_path}."
+                )
+        else:
+            consecutive_bad = 0
+            optimizer.step()
+        scheduler.step()
+        step += 1
+        steps_window += 1
+        cpu_used = cpu_base + (time.process_time() - cpu_t0)
+        window_loss.append(float(loss.detach()) if loss_ok else float("nan"))
+        window_gn.append(grad_norm)
+        if "log_w" in info:
+            window_lw.append(info["log_w"].double())
+        if step % tc.log_every == 0 or step == tc.steps:
+            record = {
+                "step": step,
+                "loss": float(np.nanmean(window_loss)),
+                "grad_norm": float(np.nanmean(window_gn)),
+                "lr": float(scheduler.get_last_lr()[0]),
+                "steps_per_s": steps_window / max(1e-9, time.perf_counter() - t_window),
+                "cpu_s": cpu_used,
+                "nonfinite": float(nonfinite_total),
+            }
+            if window_lw:
+                lw = torch.cat(window_lw)
+                if world is not None:
+                    lw = world.gather_tensor(lw)
+                if lw is not None:
+                    record["ess"] = effective_sample_size(lw.cpu().numpy())
+                    record["acceptance"] = acceptance_rate(lw.cpu(), torch.Generator().manual_seed(step))
+            if hasattr(estimator, "alpha"):
+                record["alpha"] = float(estimator.alpha)
+            if data is not None and data.n_val_rows > 0 and is_root:
+                with torch.no_grad():
+                    val = data.validation(1024).to(device=device, dtype=dtype)
+                    record["val_nll"] = float(-flow.log_prob(val).mean())
+            if tlog is not None:
+                tlog.append(record)
+            if bar.enabled:
+                bar.set_postfix(loss=f"{record['loss']:.3f}", ess=f"{record.get('ess', float('nan')):.3f}")
+            window_lw, window_loss, window_gn = [], [], []
+            t_window, steps_window = time.perf_counter(), 0
+        if step % tc.checkpoint_every == 0 and step < tc.steps:
+            save(step)
+        bar.update(1)
+    bar.close()
+    save(step)
+    if stopped_by_budget and is_root:
+        log.info("time budget of %.0f CPU-s reached at step %d", tc.time_budget, step)
+
+    result = TrainResult(run_dir, step, float("nan"), float("nan"), cpu_used, nonfinite_total)
+    if is_root:
+        flow.eval()
+        eval_gen = make_generator(device, derive_seed(cfg.seed, 0, 3))
+        ev = evaluate_flow(flow, action, tc.eval_samples, tc.eval_batch_size, eval_gen)
+        result.ess, result.acceptance = ev["ess"], ev["acceptance"]
+        summary = {**result.as_dict(), **{f"eval_{k}": v for k, v in ev.items()},
+                   "params": flow.n_params()}
+        (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
+        if tlog is not None:
+            tlog.set_attrs({"final_ess": ev["ess"], "final_acceptance": ev["acceptance"],
+                            "eval_samples": ev["n_samples"], "steps_done": step})
+        log.info(
+            "trained %d steps (%.1f CPU-s): ESS/N = %.3f, Metropolis acceptance = %.3f on %d fresh "
+            "samples (%.0f proposals/s)", step, cpu_used, ev["ess"], ev["acceptance"],
+            ev["n_samples"], ev["proposals_per_s"],
+        )
+    return result

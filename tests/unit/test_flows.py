@@ -1,0 +1,307 @@
+"""Unit tests of lattice_flows.flows: invertibility, exact log-det (autograd Jacobian), Z2 and
+translation equivariance, batch independence, size-agnosticism and the exact free field.
+
+Tolerances are float precision (float64: ~1e-10 after a 16-layer stack; float32: ~1e-5).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from lattice_flows.config import FlowConfig
+from lattice_flows.flows import (
+    AffineBijection,
+    ConvConditioner,
+    CouplingLayer,
+    Flow,
+    FourierGaussianLayer,
+    StandardNormalPrior,
+    build_baseline_flow,
+    build_flow,
+    checkerboard,
+)
+from lattice_flows.theory.phi4 import Phi4Action
+
+SMALL = dict(n_layers=4, hidden_channels=(8, 8), kernel_size=3)
+DEFAULT_SIZE = dict(n_layers=16, hidden_channels=(32, 32))  # the FlowConfig defaults
+
+
+def perturbed(flow: Flow, scale: float = 0.1, seed: int = 1) -> Flow:
+    """Add small random values to every parameter, so zero-initialised layers are not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return flow
+
+
+def make(shape=(4, 4), dtype=torch.float64, seed=0, m2=0.5, **cfg) -> Flow:
+    torch.manual_seed(seed)
+    params = {**SMALL, **cfg}
+    return perturbed(build_flow(FlowConfig(**params), shape, m2=m2)).to(dtype)
+
+
+# --------------------------------------------------------------------------- masks, prior
+
+
+def test_checkerboard_parity_any_dimension():
+    for shape in [(6,), (4, 4), (2, 4, 6)]:
+        m0, m1 = checkerboard(shape, 0), checkerboard(shape, 1)
+        assert m0.dtype == torch.bool and m0.shape == shape
+        assert torch.equal(m0, ~m1)
+        idx = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"))
+        assert torch.equal(m1, idx.sum(0) % 2 == 1)
+    with pytest.raises(ValueError, match=r"\(4, 5\)"):
+        checkerboard((4, 5), 0)
+
+
+def test_prior_log_prob():
+    prior = StandardNormalPrior((4, 4))
+    z = prior.sample(3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(dim=(1, 2))
+    assert z.shape == (3, 4, 4)
+    assert torch.allclose(prior.log_prob(z), expected, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- invertibility
+
+
+@pytest.mark.parametrize("equivariant", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_invertibility(equivariant, dtype, tol):
+    flow = make(dtype=dtype, n_layers=16, equivariant=equivariant, fourier_layer=True)
+    z = torch.randn(8, 4, 4, dtype=dtype)
+    phi, logdet = flow(z)
+    z_back, logdet_inv = flow.inverse(phi)
+    assert (phi - z).abs().max() > 0.1  # the perturbed flow is not the identity
+    assert torch.allclose(z_back, z, atol=tol, rtol=0)
+    assert torch.allclose(logdet + logdet_inv, torch.zeros_like(logdet), atol=tol * 10, rtol=0)
+
+
+# --------------------------------------------------------------------------- log-det
+
+
+def autograd_logdet(flow: Flow, z: torch.Tensor) -> torch.Tensor:
+    shape = z.shape
+
+    def f(v):
+        return flow(v.reshape(1, *shape))[0].reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(f, z.reshape(-1), vectorize=True)
+    return torch.linalg.slogdet(jac)[1]
+
+
+@pytest.mark.parametrize(
+    "shape,cfg",
+    [
+        ((4, 4), dict(equivariant=True, fourier_layer=False, **DEFAULT_SIZE)),
+        ((4, 4), dict(equivariant=True, fourier_layer=True, **DEFAULT_SIZE)),
+        ((4, 4), dict(equivariant=False, fourier_layer=False)),
+        ((4, 4), dict(equivariant=False, fourier_layer=True, activation="leaky_relu")),
+        ((6,), dict(equivariant=True, fourier_layer=True, activation="gelu")),
+        ((4, 4, 4), dict(equivariant=True, fourier_layer=True, n_layers=2, hidden_channels=(4,))),
+    ],
+)
+def test_logdet_matches_autograd_jacobian(shape, cfg):
+    flow = make(shape=shape, **cfg)
+    z = torch.randn(1, *shape, dtype=torch.float64)
+    _, logdet = flow(z)
+    assert torch.allclose(logdet[0], autograd_logdet(flow, z[0]), atol=1e-10, rtol=0)
+
+
+def test_fourier_layer_logdet_and_inverse():
+    layer = FourierGaussianLayer((4, 6), m2_init=0.3).double()
+    with torch.no_grad():
+        layer.knot_values.add_(0.3 * torch.randn(layer.n_knots, dtype=torch.float64))
+    z = torch.randn(2, 4, 6, dtype=torch.float64)
+    phi, logdet = layer(z)
+    single = Flow(StandardNormalPrior((4, 6)), [layer])
+    assert torch.allclose(logdet[0], autograd_logdet(single, z[0]), atol=1e-12, rtol=0)
+    assert torch.equal(logdet[0], logdet[1])
+    z_back, logdet_inv = layer.inverse(phi)
+    assert torch.allclose(z_back, z, atol=1e-12)
+    assert torch.allclose(logdet_inv, -logdet, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- symmetries
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "silu"])
+def test_z2_equivariance_exact(dtype, activation):
+    flow = make(dtype=dtype, n_layers=8, activation=activation, fourier_layer=True)
+    z = torch.randn(6, 4, 4, dtype=dtype)
+    phi, logdet = flow(z)
+    phi_m, logdet_m = flow(-z)
+    assert torch.equal(phi_m, -phi)
+    assert torch.equal(logdet_m, logdet)
+    z_m, ld_inv_m = flow.inverse(-phi)
+    z_p, ld_inv_p = flow.inverse(phi)
+    assert torch.equal(z_m, -z_p) and torch.equal(ld_inv_m, ld_inv_p)
+
+
+def test_non_equivariant_flow_breaks_z2():
+    """Sanity check that the Z2 test has teeth: the baseline is not Z2-equivariant."""
+    torch.manual_seed(0)
+    flow = perturbed(build_baseline_flow((4, 4))).double()
+    z = torch.randn(4, 4, 4, dtype=torch.float64)
+    assert not torch.allclose(flow(-z)[0], -flow(z)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("shift", [(1, 1), (2, 0), (0, 2), (-1, 1)])
+@pytest.mark.parametrize("equivariant", [True, False])
+def test_translation_equivariance(shift, equivariant):
+    flow = make(shape=(4, 6), n_layers=8, equivariant=equivariant, fourier_layer=True)
+    z = torch.randn(3, 4, 6, dtype=torch.float64)
+    phi, logdet = flow(z)
+    phi_s, logdet_s = flow(torch.roll(z, shift, dims=(1, 2)))
+    assert torch.allclose(phi_s, torch.roll(phi, shift, dims=(1, 2)), atol=1e-12, rtol=0)
+    assert torch.allclose(logdet_s, logdet, atol=1e-12, rtol=0)
+
+
+def test_odd_shift_is_not_a_symmetry():
+    """A shift by (1, 0) swaps the checkerboard parities, so it must change the flow."""
+    flow = make(n_layers=4)
+    z = torch.randn(2, 4, 4, dtype=torch.float64)
+    phi_s, _ = flow(torch.roll(z, (1, 0), dims=(1, 2)))
+    assert not torch.allclose(phi_s, torch.roll(flow(z)[0], (1, 0), dims=(1, 2)), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- batch independence
+
+
+@pytest.mark.parametrize("equivariant", [True, False])
+def test_batch_independence(equivariant):
+    flow = make(dtype=torch.float32, n_layers=16, equivariant=equivariant, fourier_layer=True)
+    with torch.no_grad():
+        phi, _ = flow.sample(16, generator=torch.Generator().manual_seed(3))
+        ref = flow.log_prob(phi)
+        others = torch.randn(20, 4, 4) * 3.0
+        cases = [  # (batch, rows of phi[:5] in it)
+            (phi[:1], slice(0, 1)),
+            (phi[:5], slice(0, 5)),
+            (torch.cat([phi[:5], others]), slice(0, 5)),
+            (torch.cat([others, phi[:5]]), slice(20, 25)),
+        ]
+        for batch, rows in cases:
+            got = flow.log_prob(batch)[rows]
+            assert torch.allclose(got, ref[: got.shape[0]], atol=1e-6, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- sample vs log_prob
+
+
+@pytest.mark.parametrize("equivariant", [True, False])
+def test_sample_log_q_matches_log_prob(equivariant):
+    flow = make(dtype=torch.float32, n_layers=16, equivariant=equivariant, fourier_layer=True)
+    with torch.no_grad():
+        phi, log_q = flow.sample(64, generator=torch.Generator().manual_seed(4))
+        assert phi.dtype == torch.float32 and log_q.shape == (64,)
+        assert torch.allclose(flow.log_prob(phi), log_q, atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+@pytest.mark.parametrize("equivariant", [True, False])
+def test_fresh_flow_is_identity(equivariant):
+    torch.manual_seed(0)
+    cfg = FlowConfig(
+        n_layers=6, hidden_channels=(8, 8), equivariant=equivariant, fourier_layer=False
+    )
+    flow = build_flow(cfg, (4, 4))
+    z = torch.randn(5, 4, 4)
+    phi, logdet = flow(z)
+    assert torch.equal(phi, z)
+    assert torch.equal(logdet, torch.zeros(5))
+    assert torch.equal(flow.inverse(z)[0], z)
+
+
+def test_baseline_flow_architecture():
+    flow = build_baseline_flow((8, 8))
+    couplings = [layer for layer in flow.layers if isinstance(layer, CouplingLayer)]
+    assert len(couplings) == len(flow.layers) == 16
+    assert all(not c.conditioner.equivariant for c in couplings)
+    convs = [m for m in couplings[0].conditioner.net if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 8, 2]
+    assert all(c.kernel_size == (3, 3) and c.padding_mode == "circular" for c in convs)
+    # parities alternate: layer k updates the sites with (x + y) % 2 == k % 2
+    for k, c in enumerate(couplings):
+        assert torch.equal(c.mask_active, checkerboard((2, 2), k % 2))
+    # 3 convs: (1*8*9 + 8) + (8*8*9 + 8) + (8*2*9 + 2) = 810 per layer
+    assert flow.n_params() == 16 * 810
+
+
+def test_coupling_updates_only_active_sites():
+    torch.manual_seed(0)
+    mask = checkerboard((4, 4), 1)
+    layer = CouplingLayer(mask, ConvConditioner(2, (8,), 3), AffineBijection()).double()
+    perturbed(Flow(StandardNormalPrior((4, 4)), [layer]))
+    x = torch.randn(3, 4, 4, dtype=torch.float64)
+    y, _ = layer(x)
+    assert torch.equal(y[:, ~mask], x[:, ~mask])
+    assert (y[:, mask] - x[:, mask]).abs().min() > 0
+    # the conditioner sees only the frozen sites: changing active inputs leaves s, t unchanged
+    x2 = x.clone()
+    x2[:, mask] += 1.0
+    y2, ld2 = layer(x2)
+    _, ld = layer(x)
+    assert torch.equal(ld, ld2)
+
+
+# --------------------------------------------------------------------------- free field
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (8, 6), (6,)])
+def test_fourier_layer_reproduces_free_field(shape):
+    """For lam = 0 and m2_init = m2, q = p exactly: log q(phi) + S(phi) = -log Z for all phi,
+    with log Z = (V/2) log(pi) - (1/2) sum_p log(m2 + phat^2), the Gaussian integral of
+    exp(-phi^T K phi) (CONVENTIONS.md, "Exact free-field results")."""
+    m2 = 0.7
+    action = Phi4Action(m2=m2, lam=0.0, ndim=len(shape))
+    flow = Flow(StandardNormalPrior(shape), [FourierGaussianLayer(shape, m2_init=m2)]).double()
+    phi, log_q = flow.sample(32, generator=torch.Generator().manual_seed(5))
+    total = log_q + action(phi)
+    V = math.prod(shape)
+    eigenvalues = action.kinetic_matrix_eigenvalues(shape)
+    log_z = float(0.5 * V * math.log(math.pi) - 0.5 * torch.log(eigenvalues).sum())
+    assert torch.allclose(total, torch.full_like(total, -log_z), atol=1e-10, rtol=0)
+    # the built flow (fresh couplings are the identity) has the same property
+    torch.manual_seed(0)
+    built = build_flow(FlowConfig(n_layers=2, hidden_channels=(4,)), shape, m2=m2).double()
+    phi, log_q = built.sample(8, generator=torch.Generator().manual_seed(6))
+    expected = torch.full((8,), -log_z, dtype=torch.float64)
+    assert torch.allclose(log_q + action(phi), expected, atol=1e-10, rtol=0)
+
+
+def test_fourier_m2_init_must_be_positive():
+    with pytest.raises(ValueError, match="m2_init"):
+        FourierGaussianLayer((4, 4), m2_init=-1.0)
+    # the builder never initialises tachyonically
+    flow = build_flow(FlowConfig(n_layers=2, hidden_channels=(4,)), (4, 4), m2=-4.0)
+    assert flow.layers[0].m2_eff == 1.0
+
+
+# --------------------------------------------------------------------------- size-agnostic
+
+
+@pytest.mark.parametrize("equivariant", [True, False])
+def test_same_flow_runs_at_two_lattice_sizes(equivariant):
+    flow = make(shape=(4, 4), dtype=torch.float64, n_layers=8, equivariant=equivariant)
+    state = copy.deepcopy(flow.state_dict())
+    for shape in [(4, 4), (8, 8), (4, 4)]:
+        phi, log_q = flow.sample(4, generator=torch.Generator().manual_seed(7), lattice_shape=shape)
+        assert phi.shape == (4, *shape) and torch.isfinite(log_q).all()
+        assert torch.allclose(flow.log_prob(phi), log_q, atol=1e-10)
+    # a flow built at 8x8 loads the 4x4 flow's parameters (nothing depends on L)
+    cfg = FlowConfig(**{**SMALL, "n_layers": 8, "equivariant": equivariant})
+    other = build_flow(cfg, (8, 8)).double()
+    other.load_state_dict(state)
+    z = torch.randn(2, 8, 8, dtype=torch.float64)
+    assert torch.equal(other(z)[0], flow(z)[0])
+    with pytest.raises(ValueError, match="6, 5"):
+        flow.sample(2, lattice_shape=(6, 5))
