@@ -13,6 +13,7 @@ proposals (log w = nan or +-inf from a broken flow) are always rejected and coun
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -71,10 +72,17 @@ def accept_reject(
 
 def acceptance_rate(log_w: torch.Tensor, generator: torch.Generator | None = None) -> float:
     """Acceptance of one independence-Metropolis chain run over ``log_w`` in the given order
-    (the flow-quality figure of CONVENTIONS.md; use >= 10,240 samples)."""
-    lw = log_w.reshape(-1, 1).to(torch.float64)
-    u = torch.rand(lw.shape, generator=generator, dtype=torch.float64, device=lw.device)
-    start = torch.full((1,), -torch.inf, dtype=torch.float64, device=lw.device)
-    res = accept_reject(lw, start, u)
-    # the first step only initialises the chain; it is not a Metropolis decision
-    return float(res.accepted[1:].double().mean()) if lw.shape[0] > 1 else float("nan")
+    (the flow-quality figure of CONVENTIONS.md; use >= 10,240 samples). The first sample only
+    initialises the chain; non-finite log-weights are always rejected."""
+    lw = log_w.detach().reshape(-1).to(torch.float64).cpu()
+    if lw.numel() < 2:
+        return float("nan")
+    log_u = torch.log(torch.rand(lw.shape, generator=generator, dtype=torch.float64)).tolist()
+    values = lw.tolist()
+    cur = -math.inf
+    n_acc = 0
+    for k, (x, lu) in enumerate(zip(values, log_u)):
+        if math.isfinite(x) and (cur == -math.inf or lu < x - cur):
+            cur = x
+            n_acc += k > 0
+    return n_acc / (len(values) - 1)

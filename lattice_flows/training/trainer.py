@@ -4,7 +4,7 @@ Run folder of a training run (``output.dir``)::
 
     config.yaml   resolved config + provenance
     train.h5      metrics every ``train.log_every`` steps (lattice_flows.io.train_log)
-    train.ckpt    model, optimiser, scheduler, RNG states, step (atomic; resume point)
+    train.ckpt    model, optimiser, RNG states, step, CPU-s used (atomic; resume point)
     flow.pt       the trained flow: weights + architecture + lattice (input of `sample`)
     train_summary.json  final ESS/N and independence-Metropolis acceptance on fresh samples
 
@@ -63,13 +63,18 @@ class TrainResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def lr_lambda(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the base lr: linear warm-up, then constant or cosine decay to 0."""
+def lr_multiplier(step: int, total: int, warmup: int, schedule: str,
+                  budget_fraction: float = 0.0) -> float:
+    """Multiplier of the base lr: linear warm-up, then constant or cosine decay to 0.
+
+    The cosine runs over the steps, or over the CPU-time budget when ``train.time_budget`` is
+    set, whichever is used up first (``budget_fraction`` = CPU-s used / budget).
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), budget_fraction))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -198,9 +203,13 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
         )
     opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(flow.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, tc.steps, tc.warmup_steps, tc.lr_schedule)
-    )
+
+    def set_lr(step_: int, cpu_: float) -> float:
+        frac = cpu_ / tc.time_budget if tc.time_budget else 0.0
+        lr = tc.lr * lr_multiplier(step_, tc.steps, tc.warmup_steps, tc.lr_schedule, frac)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
     gen = make_generator(device, derive_seed(cfg.seed, rank, 1))
 
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -211,7 +220,6 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
             raise CheckpointError(f"{ckpt_path}: not a training checkpoint.")
         load_flow_weights(flow, ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         cpu_used = float(state["cpu_s"])
         nonfinite_total = int(state["nonfinite"])
@@ -249,7 +257,6 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
             "kind": "train",
             "model": cpu_state_dict(flow),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
             "step": step_,
             "cpu_s": cpu_used,
             "nonfinite": nonfinite_total,
@@ -276,6 +283,7 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
             break
         if hasattr(estimator, "alpha") and tc.alpha_final is not None:
             estimator.alpha = tc.alpha + (tc.alpha_final - tc.alpha) * step / max(1, tc.steps - 1)
+        current_lr = set_lr(step, cpu_used)
         optimizer.zero_grad(set_to_none=True)
         loss, info = estimator.loss(flow, local_batch, generator=gen, data=data)
         loss_ok = bool(torch.isfinite(loss))
@@ -307,7 +315,6 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
         else:
             consecutive_bad = 0
             optimizer.step()
-        scheduler.step()
         step += 1
         steps_window += 1
         cpu_used = cpu_base + (time.process_time() - cpu_t0)
@@ -320,7 +327,7 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
                 "step": step,
                 "loss": float(np.nanmean(window_loss)),
                 "grad_norm": float(np.nanmean(window_gn)),
-                "lr": float(scheduler.get_last_lr()[0]),
+                "lr": current_lr,
                 "steps_per_s": steps_window / max(1e-9, time.perf_counter() - t_window),
                 "cpu_s": cpu_used,
                 "nonfinite": float(nonfinite_total),
