@@ -18,7 +18,7 @@ import numpy as np
 from lattice_flows.io.hdf5 import DataFileError, SampleFile
 from lattice_flows.statistics import DEFAULT_S, Estimate, estimate_obs, gamma_method, make_obs
 
-SAMPLE_FILE_NAMES = ("merged.h5", "samples.h5", "hmc.h5")
+SAMPLE_FILE_NAMES = ("merged.h5", "samples.h5", "importance.h5", "hmc.h5")
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,47 @@ def find_sample_files(path: str | Path) -> list[Path]:
             raise DataFileError(
                 f"{p}: no sample file in this run folder (looked for {', '.join(SAMPLE_FILE_NAMES)})."
             )
-        if (p / "merged.h5").exists():
-            return [p / "merged.h5"]
         return found
     if not p.exists():
         raise DataFileError(f"{p}: no such file or run folder.")
     return [p]
 
 
+def analyze_importance(sf: SampleFile, max_t: int | None = None) -> list[Row]:
+    """Self-normalised reweighted observables of an importance-sampling file, plus ESS/N and
+    log Z (CONVENTIONS.md "Statistics"); samples are independent, so tau_int = 1/2."""
+    from lattice_flows.statistics import effective_sample_size, log_partition_function, reweighted_mean
+
+    lw = sf.extra("log_w")
+    obs = sf.observables()
+    rows: list[Row] = []
+    for name in ("absM", "M2", "M4", "chi2", "E", "action_density"):
+        if name in obs:
+            r = reweighted_mean(obs[name], lw)
+            rows.append(Row(name, "reweighted", Estimate(r.value, r.error, 0.5, 0.0, 0)))
+    if "G" in obs:
+        L_t = sf.lattice_shape[-1]
+        t_max = L_t // 2 if max_t is None else min(max_t, L_t - 1)
+        G = obs["G"]
+        for t in range(t_max + 1):
+            idx = (slice(None), slice(None)) + (0,) * (G.ndim - 3) + (t,)
+            r = reweighted_mean(G[idx], lw)
+            rows.append(Row(f"G[{t}]", "reweighted", Estimate(r.value, r.error, 0.5, 0.0, 0)))
+    ess = effective_sample_size(lw)
+    rows.append(Row("ESS/N", "flow", Estimate(ess, 0.0, 0.5, 0.0, 0)))
+    lz = log_partition_function(lw)
+    rows.append(Row("log_Z", "flow", Estimate(lz.value, lz.error, 0.5, 0.0, 0)))
+    return rows
+
+
 def analyze_samples(sf: SampleFile, discard: int = 0, S: float = DEFAULT_S,
                     max_t: int | None = None) -> list[Row]:
-    """Gamma-method table of every observable in ``sf``, dropping the first ``discard`` rows."""
+    """Gamma-method table of every observable in ``sf``, dropping the first ``discard`` rows.
+
+    Importance-sampling files (kind ``flow-importance``) get reweighted estimates instead.
+    """
+    if sf.attrs.get("kind") == "flow-importance":
+        return analyze_importance(sf, max_t)
     n = sf.n_saved - discard
     if n < 2:
         raise DataFileError(
@@ -84,8 +114,70 @@ def analyze_samples(sf: SampleFile, discard: int = 0, S: float = DEFAULT_S,
             num = C_obs[t - 1] + C_obs[t + 1]
             ratio = num / (2 * C_obs[t])
             if ratio.value > 1 and math.isfinite(ratio.value):
-                rows.append(Row(f"m_eff[{t}]", "derived", estimate_obs(ratio.arccosh(), S=S)))
+                with np.errstate(invalid="ignore"):
+                    rows.append(Row(f"m_eff[{t}]", "derived", estimate_obs(ratio.arccosh(), S=S)))
     return rows
+
+
+def cost_per_effective_sample(est: Estimate, n_samples: int, cpu_s: float) -> float:
+    """CPU-seconds per effective (independent) sample: cpu_s * 2 tau_int / N."""
+    if not (cpu_s > 0 and n_samples > 0):
+        return float("nan")
+    return cpu_s * 2.0 * est.tau_int / n_samples
+
+
+def compare(files: list[Path], names: list[str] | None = None, discard: int = 0,
+            observables: tuple[str, ...] = ("absM", "M2", "chi2", "E", "action_density", "U4", "G[0]"),
+            extra_cpu: dict[int, float] | None = None) -> dict:
+    """Compare runs: per observable the values, the z-score of each run against the first,
+    the ratio of tau_int and of CPU-seconds per effective sample (relative to the first).
+
+    ``extra_cpu[i]`` adds CPU-seconds (e.g. flow training) to run i's cost.
+    """
+    runs = []
+    for i, path in enumerate(files):
+        sf = SampleFile(path)
+        rows = {r.name: r.est for r in analyze_samples(sf, discard=discard)}
+        cpu = float(sf.attrs.get("cpu_s", float("nan"))) + (extra_cpu or {}).get(i, 0.0)
+        runs.append({"name": (names or [])[i] if names and i < len(names) else str(path),
+                     "file": str(path), "kind": sf.attrs.get("kind"), "cpu_s": cpu,
+                     "n": (sf.n_saved - discard) * sf.n_chains, "rows": rows})
+    table = []
+    ref = runs[0]
+    for obs in observables:
+        if not all(obs in r["rows"] for r in runs):
+            continue
+        line = {"observable": obs, "runs": []}
+        e0 = ref["rows"][obs]
+        c0 = cost_per_effective_sample(e0, ref["n"], ref["cpu_s"])
+        for r in runs:
+            e = r["rows"][obs]
+            z = (e.value - e0.value) / math.hypot(e.error, e0.error) if r is not ref and math.hypot(e.error, e0.error) > 0 else 0.0
+            c = cost_per_effective_sample(e, r["n"], r["cpu_s"])
+            line["runs"].append({
+                "name": r["name"], "value": e.value, "error": e.error, "tau_int": e.tau_int,
+                "z_vs_first": z, "tau_int_ratio": e.tau_int / e0.tau_int if e0.tau_int else float("nan"),
+                "cpu_s_per_eff": c, "cost_ratio": c / c0 if c0 and math.isfinite(c0) else float("nan"),
+            })
+        table.append(line)
+    return {"runs": [{k: v for k, v in r.items() if k != "rows"} for r in runs], "table": table}
+
+
+def format_comparison(cmp: dict) -> str:
+    """Markdown table of :func:`compare`."""
+    names = [r["name"] for r in cmp["runs"]]
+    head = "| observable | " + " | ".join(names) + " | z (vs first) | tau_int ratio | cost/eff. sample ratio |"
+    lines = [head, "|" + "---|" * (len(names) + 4)]
+    for line in cmp["table"]:
+        vals = [f"{r['value']:.5g} ± {r['error']:.2g} (τ {r['tau_int']:.2f})" for r in line["runs"]]
+        z = ", ".join(f"{r['z_vs_first']:+.2f}" for r in line["runs"][1:])
+        tr = ", ".join(f"{r['tau_int_ratio']:.3g}" for r in line["runs"][1:])
+        cr = ", ".join(f"{r['cost_ratio']:.3g}" for r in line["runs"][1:])
+        lines.append(f"| {line['observable']} | " + " | ".join(vals) + f" | {z} | {tr} | {cr} |")
+    cpu = ", ".join(f"{r['name']}: {r['cpu_s']:.1f} CPU-s, {r['n']} samples" for r in cmp["runs"])
+    lines.append("")
+    lines.append(f"Cost basis: {cpu}. CPU-s per effective sample = CPU-s x 2 tau_int / N.")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[Row], title: str = "") -> str:

@@ -50,6 +50,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from lattice_flows.config import load_config
+    from lattice_flows.logs import setup_logging
+    from lattice_flows.mcmc.flow_run import run_sample
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(args.verbose, logfile=run_dir / "run.log")
+    print(run_sample(cfg, progress=not args.no_progress))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lattice_flows.config import load_config
+    from lattice_flows.logs import setup_logging
+    from lattice_flows.pipeline import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(args.verbose, logfile=run_dir / "run.log")
+    report = run_pipeline(cfg, progress=not args.no_progress)
+    print(report)
+    return 0
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from lattice_flows.analysis import analyze_samples, find_sample_files, format_table, rows_to_json
     from lattice_flows.io.hdf5 import SampleFile
@@ -111,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a flow (resumes an existing run folder)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="flow production: independence Metropolis or importance sampling")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("run", help="the whole pipeline: train -> sample (-> hmc) -> analyze, "
+                       "skipping completed stages")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("analyze", help="table of observables with Gamma-method errors and tau_int")
     p.add_argument("path", help="a run folder or a sample HDF5 file")

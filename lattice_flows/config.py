@@ -386,6 +386,28 @@ _TRAIN = {
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """Flow production (see :mod:`lattice_flows.mcmc.flow_run`)."""
+
+    mode: str = "mcmc"
+    n_chains: int = 16
+    n_samples: int = 1000
+    batch_size: int = 1024
+    flow: str | None = None
+    save_every: int = 1
+
+
+_SAMPLE = {
+    "mode": _Field("choice", "mcmc", choices=("mcmc", "importance")),
+    "n_chains": _Field("int", 16, "a positive integer (independent chains)", _pos),
+    "n_samples": _Field("int", 1000, "a positive integer (Metropolis steps per chain, or samples per column in importance mode)", _pos),
+    "batch_size": _Field("int", 1024, "a positive integer (proposals generated per flow call)", _pos),
+    "flow": _Field("optional_path", None, "null (the run folder's flow.pt) or a path to a flow.pt"),
+    "save_every": _Field("int", 1, "a positive integer (Metropolis steps per saved configuration)", _pos),
+}
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where a run writes: the run folder, and rows per chunk write/checkpoint."""
 
@@ -415,6 +437,7 @@ class Config:
     hmc: HMCConfig | None = None
     flow: FlowConfig | None = None
     train: TrainConfig | None = None
+    sample: SampleConfig | None = None
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -437,6 +460,8 @@ class Config:
             out["hmc"] = asdict(self.hmc)
         if self.train is not None:
             out["train"] = asdict(self.train)
+        if self.sample is not None:
+            out["sample"] = asdict(self.sample)
         if self.flow is not None:
             out["flow"] = {**asdict(self.flow), "hidden_channels": list(self.flow.hidden_channels)}
         return out
@@ -451,7 +476,9 @@ class Config:
         }
 
 
-_TOP_KEYS = ("lattice", "action", "seed", "device", "dtype", "hmc", "flow", "train", "output")
+_TOP_KEYS = (
+    "lattice", "action", "seed", "device", "dtype", "hmc", "flow", "train", "sample", "output",
+)
 
 
 def _fill(cls: type, values: dict[str, Any]) -> Any:
@@ -502,10 +529,13 @@ def config_from_dict(raw: Any) -> Config:
                 f"config key 'train.data' is missing; objective '{train.objective}' needs "
                 "training configurations: the path of a lattice_flows HDF5 sample file (e.g. hmc.h5)."
             )
+    sample = None
+    if "sample" in raw:
+        sample = _fill(SampleConfig, _parse_section("sample", raw["sample"], _SAMPLE))
     output = _fill(OutputConfig, _parse_section("output", raw.get("output"), _OUTPUT))
     return Config(
         lattice=lattice, action=action, seed=seed, device=device, dtype=dtype, hmc=hmc,
-        flow=flow, train=train, output=output,
+        flow=flow, train=train, sample=sample, output=output,
     )
 
 

@@ -135,3 +135,41 @@ def effective_mass(C: np.ndarray) -> np.ndarray:
     ratio = (C[:-2] + C[2:]) / (2 * C[1:-1])
     with np.errstate(invalid="ignore"):
         return np.where(ratio >= 1, np.arccosh(np.maximum(ratio, 1.0)), math.nan)
+
+
+@dataclass(frozen=True)
+class Reweighted:
+    """Self-normalised importance-sampling estimate <O>_p = sum w O / sum w with its error."""
+
+    value: float
+    error: float
+
+
+def reweighted_mean(values: np.ndarray, log_w: np.ndarray) -> Reweighted:
+    """Self-normalised reweighting of independent samples (delta-method error):
+
+        <O> = sum_i w_i O_i / sum_i w_i,   var <O> = sum_i w_i^2 (O_i - <O>)^2 / (sum_i w_i)^2
+    """
+    lw = np.asarray(log_w, dtype=np.float64).ravel()
+    x = np.asarray(values, dtype=np.float64).reshape(lw.size, -1)
+    ok = np.isfinite(lw)
+    lw, x = lw[ok], x[ok]
+    w = np.exp(lw - lw.max())
+    w /= w.sum()
+    mean = (w[:, None] * x).sum(0)
+    err = np.sqrt(((w[:, None] * (x - mean)) ** 2).sum(0))
+    if mean.size == 1:
+        return Reweighted(float(mean[0]), float(err[0]))
+    return Reweighted(mean, err)  # type: ignore[arg-type]
+
+
+def log_partition_function(log_w: np.ndarray) -> Reweighted:
+    """log Z = log (1/N) sum_i w_i, w = exp(-S - log q) of independent flow samples, with the
+    delta-method error sqrt(Var(w) / (N mean(w)^2)) = sqrt((1/ESS_frac - 1)/N)."""
+    lw = np.asarray(log_w, dtype=np.float64).ravel()
+    lw = lw[np.isfinite(lw)]
+    n = lw.size
+    w = np.exp(lw - lw.max())
+    m = w.mean()
+    err = float(np.sqrt(w.var(ddof=1) / (n * m * m))) if n > 1 else float("nan")
+    return Reweighted(float(lw.max() + np.log(m)), err)

@@ -96,6 +96,12 @@ class SampleWriter:
                 )
         os.replace(tmp, self.path)
 
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Update file attributes (e.g. cumulative CPU-seconds, acceptance) after a chunk."""
+        with h5py.File(self.path, "a") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = "" if v is None else v
+
     def n_saved(self) -> int:
         with h5py.File(self.path, "r") as f:
             return int(f.attrs["n_saved"])

@@ -47,16 +47,27 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
-def check_resumable(run_dir: Path, cfg: Config) -> None:
-    """Refuse to resume a run folder whose stored config differs in a key that matters."""
+PHYSICS_KEYS = ("lattice", "action", "seed", "dtype")
+
+
+def check_resumable(run_dir: Path, cfg: Config, stage_sections: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a run folder whose stored config differs in a key that matters:
+    the physics (lattice, couplings, seed, dtype) or the sections of the running stage
+    (e.g. ``("hmc",)``), except the keys in :data:`RESUMABLE_CHANGES`."""
     old = read_run_config(run_dir)
     if old is None:
         return
-    changed = [k for k in diff_configs(old.to_dict(), cfg.to_dict()) if k not in RESUMABLE_CHANGES]
-    changed = [k for k in changed if not k.startswith("action.")] + (
-        ["action"] if any(k.startswith("action.") for k in changed)
-        and (old.action.m2, old.action.lam) != (cfg.action.m2, cfg.action.lam) else []
-    )
+    watched = PHYSICS_KEYS + tuple(stage_sections)
+    changed = [
+        k for k in diff_configs(old.to_dict(), cfg.to_dict())
+        if k not in RESUMABLE_CHANGES and k.split(".")[0] in watched
+    ]
+    if any(k.startswith("action.") for k in changed):
+        same = (old.action.m2, old.action.lam) == (cfg.action.m2, cfg.action.lam)
+        changed = [k for k in changed if not k.startswith("action.")] + ([] if same else ["action"])
+    old_sections = old.to_dict()
+    # a stage whose section was absent before starts fresh in this folder: nothing to mix
+    changed = [k for k in changed if k.split(".")[0] in PHYSICS_KEYS or k.split(".")[0] in old_sections]
     if changed:
         raise ConfigError(
             f"{run_dir}: this run folder was started with a different config "

@@ -62,7 +62,8 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
     action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
     samples_path = run_dir / (SAMPLES_NAME if world_size == 1 else f"hmc.rank{rank:04d}.h5")
     ckpt_path = run_dir / (CHECKPOINT_NAME if world_size == 1 else f"hmc.rank{rank:04d}.ckpt")
-    check_resumable(run_dir, cfg)
+    if ckpt_path.exists() or samples_path.exists():
+        check_resumable(run_dir, cfg, ("hmc",))
     prov = provenance(cfg, world_size, rank)
     if rank == 0:
         write_config(run_dir, cfg, prov)
@@ -82,10 +83,12 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
         hmc.step_size = float(state["step_size"])
         traj = int(state["traj"])
         n_acc, n_tried = int(state["n_accepted"]), int(state["n_tried"])
+        cpu_used = float(state.get("cpu_s", 0.0))
         log.info("resuming %s at trajectory %d of %d", run_dir, traj, h.n_traj)
     else:
         phi = torch.randn((h.n_chains, *cfg.lattice.shape), generator=gen, device=device, dtype=dtype)
-        traj, n_acc, n_tried = 0, 0, 0
+        traj, n_acc, n_tried, cpu_used = 0, 0, 0, 0.0
+        cpu_therm0 = time.process_time()
         log.info(
             "HMC on %s (%s): lattice %s, m2=%g lam=%g, %d chains, %d therm + %d traj",
             device, cfg.dtype, cfg.lattice.shape, cfg.action.m2, cfg.action.lam, h.n_chains,
@@ -102,7 +105,8 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
         if tuner is not None:
             hmc.step_size = tuner.final_step_size
         log.info("thermalised; step size frozen at %.5g", hmc.step_size)
-        save_checkpoint(_ckpt(phi, gen, hmc.step_size, 0, 0, 0, 0), ckpt_path)
+        cpu_used = time.process_time() - cpu_therm0
+        save_checkpoint(_ckpt(phi, gen, hmc.step_size, 0, 0, 0, 0, cpu_used), ckpt_path)
 
     attrs = {
         "kind": "hmc",
@@ -122,6 +126,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
     buf = RowBuffer()
     acc_since_save = torch.zeros(h.n_chains, dtype=torch.bool, device=device)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     start_traj = traj
     bar = progress_bar(total=h.n_traj, initial=traj, desc="hmc", enabled=progress and rank == 0)
     while traj < h.n_traj:
@@ -142,7 +147,12 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
             acc_since_save = torch.zeros_like(acc_since_save)
             if buf.n >= cfg.output.chunk_rows or traj // h.save_every == n_rows_total:
                 writer.append(buf.take())
-                save_checkpoint(_ckpt(phi, gen, hmc.step_size, traj, n_acc, n_tried, 1), ckpt_path)
+                cpu_now = cpu_used + time.process_time() - cpu0
+                writer.set_attrs({"cpu_s": cpu_now, "n_traj_done": traj,
+                                  "acceptance": n_acc / max(1, n_tried)})
+                save_checkpoint(
+                    _ckpt(phi, gen, hmc.step_size, traj, n_acc, n_tried, 1, cpu_now), ckpt_path
+                )
         bar.update(1)
         if bar.enabled and n_tried:
             bar.set_postfix(acc=f"{n_acc / n_tried:.3f}")
@@ -159,7 +169,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
     return samples_path
 
 
-def _ckpt(phi, gen, step_size, traj, n_acc, n_tried, phase) -> dict:
+def _ckpt(phi, gen, step_size, traj, n_acc, n_tried, phase, cpu_s) -> dict:
     return {
         "kind": "hmc",
         "phi": phi.detach().cpu().clone(),
@@ -169,4 +179,5 @@ def _ckpt(phi, gen, step_size, traj, n_acc, n_tried, phase) -> dict:
         "n_accepted": int(n_acc),
         "n_tried": int(n_tried),
         "phase": int(phase),
+        "cpu_s": float(cpu_s),
     }

@@ -184,8 +184,8 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
             f"{size} MPI ranks; expected a multiple of {size}."
         )
     local_batch = tc.batch_size // size
-    if is_root:
-        check_resumable(run_dir, cfg)
+    if is_root and (run_dir / CHECKPOINT_NAME).exists():
+        check_resumable(run_dir, cfg, ("flow", "train"))
     prov = provenance(cfg, size, rank)
     if is_root:
         write_config(run_dir, cfg, prov)
@@ -267,6 +267,15 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
         save_checkpoint(state, ckpt_path)
         save_checkpoint(flow_state(flow, cfg), run_dir / FLOW_NAME)
 
+    summary_path = run_dir / SUMMARY_NAME
+    budget_done = tc.time_budget is not None and cpu_used >= tc.time_budget
+    if (step >= tc.steps or budget_done) and summary_path.exists():
+        done = json.loads(summary_path.read_text())
+        if int(done.get("steps", -1)) == step:
+            if is_root:
+                log.info("training in %s is already complete (%d steps)", run_dir, step)
+            return TrainResult(run_dir, step, float(done["ess"]), float(done["acceptance"]),
+                               float(done["train_cpu_s"]), int(done["nonfinite_steps"]))
     bar = progress_bar(total=tc.steps, initial=step, desc="train", enabled=progress and is_root)
     window_lw: list[torch.Tensor] = []
     window_loss: list[float] = []

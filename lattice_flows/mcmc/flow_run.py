@@ -1,0 +1,258 @@
+"""Flow production: independence-Metropolis chains (``mode: mcmc``) or importance sampling
+(``mode: importance``) with a trained flow as the proposal.
+
+MCMC: proposals are generated in big no-grad batches (``sample.batch_size`` per flow call,
+spread over the ``n_chains`` columns), then the cheap sequential accept/reject of
+:func:`lattice_flows.mcmc.metropolis.accept_reject` runs in float64 with
+w = exp(-S - log q) (CONVENTIONS.md "Statistics"). The first state of each chain is a flow
+sample. Output ``samples.h5``: the layout of :mod:`lattice_flows.io.hdf5` plus ``/log_q`` and
+``/log_w`` of the chain's current state, so every reader and analysis works on it as on HMC.
+
+Importance sampling: independent flow samples with their log-weights in ``importance.h5``
+(same layout, ``accepted`` all true); :func:`lattice_flows.statistics` style reweighted
+averages and log Z come from :func:`reweighted_estimates`.
+
+Chunks, checkpoints and resume follow :mod:`lattice_flows.mcmc.chain`: a rerun continues and
+the data equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lattice_flows.config import Config, ConfigError
+from lattice_flows.devices import resolve_device, resolve_dtype
+from lattice_flows.flows.flow import Flow, build_flow
+from lattice_flows.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lattice_flows.io.hdf5 import SampleWriter
+from lattice_flows.io.lock import RunLock
+from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.mcmc.chain import (
+    RowBuffer, check_resumable, derive_seed, log, make_generator, observable_specs,
+)
+from lattice_flows.mcmc.metropolis import accept_reject
+from lattice_flows.observables import measure
+from lattice_flows.progress import progress_bar
+from lattice_flows.theory.phi4 import Phi4Action
+
+SAMPLES_NAME = {"mcmc": "samples.h5", "importance": "importance.h5"}
+CHECKPOINT_NAME = {"mcmc": "samples.ckpt", "importance": "importance.ckpt"}
+
+
+def load_flow(path: str | Path, lattice_shape: tuple[int, ...], device, dtype,
+              expect_couplings: tuple[float, float] | None = None) -> Flow:
+    """Rebuild a trained flow from ``flow.pt`` (architecture stored in the file) for
+    ``lattice_shape`` (the conv flow is size-agnostic; d must match)."""
+    from lattice_flows.config import FlowConfig
+    from lattice_flows.training.trainer import load_flow_weights
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no trained flow here; run 'lattice-flows train' first or set sample.flow."
+        )
+    state = load_checkpoint(path)
+    if state.get("kind") != "flow":
+        raise CheckpointError(f"{path}: a '{state.get('kind')}' checkpoint, not a flow (flow.pt).")
+    fc = dict(state["flow_config"])
+    fc["hidden_channels"] = tuple(fc["hidden_channels"])
+    trained_shape = tuple(state["lattice_shape"])
+    if len(trained_shape) != len(lattice_shape):
+        raise CheckpointError(
+            f"{path}: flow trained on a {len(trained_shape)}-d lattice {trained_shape}, cannot sample "
+            f"a {len(lattice_shape)}-d lattice {tuple(lattice_shape)}."
+        )
+    flow = build_flow(FlowConfig(**fc), tuple(lattice_shape), state.get("m2"))
+    load_flow_weights(flow, path)
+    if expect_couplings is not None and (state.get("m2"), state.get("lam")) != expect_couplings:
+        log.warning(
+            "flow %s was trained at m2=%s, lam=%s; sampling m2=%s, lam=%s (still exact: the "
+            "accept/reject corrects for it, at some cost in acceptance)", path, state.get("m2"),
+            state.get("lam"), *expect_couplings,
+        )
+    return flow.to(device=device, dtype=dtype).eval()
+
+
+@torch.no_grad()
+def propose(flow: Flow, action: Phi4Action, n: int, generator: torch.Generator,
+            lattice_shape: tuple[int, ...]):
+    """n flow samples with float64 action, log q and log w = -S - log q."""
+    phi, log_q = flow.sample(n, generator=generator, lattice_shape=lattice_shape)
+    s = action(phi.to(torch.float64))
+    log_q = log_q.to(torch.float64)
+    return phi, s, log_q, -(s + log_q)
+
+
+def run_sample(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
+               rank: int = 0, world_size: int = 1) -> Path:
+    """Run (or resume) flow production for ``cfg``; returns the sample file path."""
+    if cfg.sample is None:
+        raise ConfigError("config section 'sample' is missing; it is required by 'lattice-flows sample'.")
+    run_dir = Path(run_dir or cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir, f".lock.sample.{rank}"):
+        return _run(cfg, run_dir, progress, rank, world_size)
+
+
+def _run(cfg: Config, run_dir: Path, progress: bool, rank: int, world_size: int) -> Path:
+    sc = cfg.sample
+    assert sc is not None
+    mode = sc.mode
+    device = resolve_device(cfg.device, rank)
+    dtype = resolve_dtype(cfg.dtype)
+    shape = cfg.lattice.shape
+    action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
+    flow_path = Path(sc.flow) if sc.flow else run_dir / "flow.pt"
+    flow = load_flow(flow_path, shape, device, dtype, (cfg.action.m2, cfg.action.lam))
+    suffix = "" if world_size == 1 else f".rank{rank:04d}"
+    samples_path = run_dir / SAMPLES_NAME[mode].replace(".h5", f"{suffix}.h5")
+    ckpt_path = run_dir / CHECKPOINT_NAME[mode].replace(".ckpt", f"{suffix}.ckpt")
+    if rank == 0 and (ckpt_path.exists() or samples_path.exists()):
+        check_resumable(run_dir, cfg, ("sample",))
+    prov = provenance(cfg, world_size, rank)
+    if rank == 0:
+        write_config(run_dir, cfg, prov)
+    n_chains = sc.n_chains
+    save_every = sc.save_every if mode == "mcmc" else 1
+    total_steps = sc.n_samples
+    n_rows_total = total_steps // save_every
+    steps_per_block = max(1, sc.batch_size // n_chains)
+    gen = make_generator(device, derive_seed(cfg.seed, rank, 10))
+
+    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if state is not None:
+        if state.get("kind") != f"flow-{mode}" or int(state["n_chains"]) != n_chains:
+            raise ConfigError(f"{ckpt_path}: checkpoint does not match the config; use a new output.dir.")
+        gen.set_state(state["rng"])
+        step = int(state["step"])
+        cur = {k: state[k].to(device) for k in ("phi", "action", "log_q", "log_w")}
+        cur["phi"] = cur["phi"].to(dtype)
+        n_acc, n_nonfinite, cpu_used = int(state["n_accepted"]), int(state["n_nonfinite"]), float(state["cpu_s"])
+        log.info("resuming %s sampling in %s at step %d of %d", mode, run_dir, step, total_steps)
+    else:
+        step, n_acc, n_nonfinite, cpu_used = 0, 0, 0, 0.0
+        cur = {
+            "phi": torch.zeros((n_chains, *shape), device=device, dtype=dtype),
+            "action": torch.zeros(n_chains, device=device, dtype=torch.float64),
+            "log_q": torch.zeros(n_chains, device=device, dtype=torch.float64),
+            "log_w": torch.full((n_chains,), -math.inf, device=device, dtype=torch.float64),
+        }
+        log.info(
+            "flow %s sampling on %s (%s): lattice %s, m2=%g lam=%g, %d chains x %d steps, flow %s",
+            mode, device, cfg.dtype, shape, cfg.action.m2, cfg.action.lam, n_chains, total_steps,
+            flow_path,
+        )
+
+    attrs = {
+        "kind": "flow-mcmc" if mode == "mcmc" else "flow-importance",
+        "config": config_yaml(cfg),
+        "lattice_shape": np.asarray(shape),
+        "m2": cfg.action.m2,
+        "lam": cfg.action.lam,
+        "flow_path": str(flow_path),
+        **{k: v for k, v in prov.items() if k != "created"},
+    }
+    specs = {"action": ((), np.float64), "accepted": ((), np.bool_), "log_q": ((), np.float64),
+             "log_w": ((), np.float64), **observable_specs(shape, cfg.output.store_G)}
+    writer = SampleWriter(samples_path, attrs, n_chains, shape, specs)
+    writer.truncate(step // save_every)
+
+    buf = RowBuffer()
+    # accept flags since the last saved row (save groups can span flow calls)
+    pending_acc = torch.zeros(n_chains, dtype=torch.bool, device=device)
+    if state is not None and "pending_acc" in state:
+        pending_acc = state["pending_acc"].to(device)
+    bar = progress_bar(total=total_steps, initial=step, desc=f"flow {mode}", enabled=progress and rank == 0)
+    t0, cpu0, start = time.perf_counter(), time.process_time(), step
+    view = (-1,) + (1,) * len(shape)
+    while step < total_steps:
+        k = min(steps_per_block, total_steps - step)
+        phi, s, lq, lw = propose(flow, action, k * n_chains, gen, shape)
+        u = torch.rand((k, n_chains), generator=gen, device=device, dtype=torch.float64)
+        phi = phi.view(k, n_chains, *shape)
+        s, lq, lw = s.view(k, n_chains), lq.view(k, n_chains), lw.view(k, n_chains)
+        if mode == "mcmc":
+            res = accept_reject(lw, cur["log_w"], u)
+            n_nonfinite += res.n_nonfinite
+            accepted = res.accepted
+            # state of chain c after step j: proposal index[j, c], or the state before the block
+            src = res.index + 1
+            cols = torch.arange(n_chains, device=device).expand(k, n_chains)
+            block = {
+                "phi": torch.cat([cur["phi"][None], phi])[src, cols],
+                "action": torch.cat([cur["action"][None], s])[src, cols],
+                "log_q": torch.cat([cur["log_q"][None], lq])[src, cols],
+                "log_w": torch.cat([cur["log_w"][None], lw])[src, cols],
+            }
+            counted = accepted[1:] if step == 0 else accepted  # step 0 only initialises
+            n_acc += int(counted.sum())
+        else:  # importance sampling: every draw is stored; non-finite ones are flagged
+            accepted = torch.isfinite(lw)
+            n_nonfinite += int((~accepted).sum())
+            block = {"phi": phi, "action": s, "log_q": lq, "log_w": lw}
+        cur = {name: v[-1] for name, v in block.items()}
+        # accepted-since-last-save flags and the rows to save in this block
+        steps = torch.arange(step + 1, step + k + 1, device=device)
+        save_at = (steps % save_every == 0).nonzero().flatten()
+        if save_at.numel():
+            group = torch.div(steps - 1, save_every, rounding_mode="floor")
+            flags = []
+            for j in save_at.tolist():
+                same = (group == group[j]) & (torch.arange(k, device=device) <= j)
+                f = accepted[same].any(dim=0)
+                if j == int(save_at[0]):
+                    f = f | pending_acc
+                flags.append(f)
+            sel = {name: v[save_at] for name, v in block.items()}
+            flat_phi = sel["phi"].reshape(-1, *shape)
+            obs = measure(flat_phi, action, cfg.output.store_G)
+            n_sel = save_at.numel()
+            rows = {
+                "configs": sel["phi"].to(torch.float32).cpu().numpy(),
+                "action": sel["action"].cpu().numpy(),
+                "accepted": torch.stack(flags).cpu().numpy(),
+                "log_q": sel["log_q"].cpu().numpy(),
+                "log_w": sel["log_w"].cpu().numpy(),
+            }
+            rows.update({f"observables/{n}": v.reshape(n_sel, n_chains, *v.shape[1:]).cpu().numpy()
+                         for n, v in obs.items()})
+            for j in range(n_sel):
+                buf.add({n: v[j] for n, v in rows.items()})
+            last_saved = int(save_at[-1])
+            tail = accepted[last_saved + 1:]
+            pending_acc = tail.any(dim=0) if tail.shape[0] else torch.zeros_like(pending_acc)
+        else:
+            pending_acc = pending_acc | accepted.any(dim=0)
+        step += k
+        bar.update(k)
+        at_end = step >= total_steps
+        if buf.n >= cfg.output.chunk_rows or (at_end and buf.n):
+            writer.append(buf.take())
+            cpu_now = cpu_used + (time.process_time() - cpu0)
+            writer.set_attrs({"cpu_s": cpu_now, "steps_done": step,
+                              "acceptance": n_acc / max(1, (step - 1) * n_chains),
+                              "n_nonfinite": n_nonfinite})
+            save_checkpoint({
+                "kind": f"flow-{mode}", "n_chains": n_chains, "step": step,
+                "rng": gen.get_state().clone(),
+                **{k2: v.detach().cpu().clone() for k2, v in cur.items()},
+                "n_accepted": n_acc, "n_nonfinite": n_nonfinite, "cpu_s": cpu_now,
+                "pending_acc": pending_acc.cpu().clone(),
+            }, ckpt_path)
+    bar.close()
+    if step > start:
+        dt = time.perf_counter() - t0
+        log.info(
+            "flow %s done: %d steps x %d chains in %.1f s (%.0f proposals/s)%s; %d non-finite "
+            "proposals rejected; %s", mode, step - start, n_chains, dt, (step - start) * n_chains / dt,
+            f", acceptance {n_acc / max(1, (step - 1) * n_chains):.3f}" if mode == "mcmc" else "",
+            n_nonfinite, samples_path,
+        )
+    else:
+        log.info("flow %s run %s is already complete", mode, run_dir)
+    return samples_path
