@@ -50,16 +50,21 @@ def find_sample_files(path: str | Path) -> list[Path]:
 
 def analyze_importance(sf: SampleFile, max_t: int | None = None) -> list[Row]:
     """Self-normalised reweighted observables of an importance-sampling file, plus ESS/N and
-    log Z (CONVENTIONS.md "Statistics"); samples are independent, so tau_int = 1/2."""
+    log Z (CONVENTIONS.md "Statistics"). The samples are independent; the tau_int column holds
+    the effective 1/(2 ESS/N) so that costs compare with Markov chains."""
     from lattice_flows.statistics import effective_sample_size, log_partition_function, reweighted_mean
 
     lw = sf.extra("log_w")
     obs = sf.observables()
+    ess = effective_sample_size(lw)
+    # N independent weighted samples are worth N * ESS/N unweighted ones: report the effective
+    # tau_int = 1 / (2 ESS/N), so that cost per effective sample = CPU-s / ESS everywhere
+    tau_eff = 0.5 / ess if ess > 0 else float("inf")
     rows: list[Row] = []
     for name in ("absM", "M2", "M4", "chi2", "E", "action_density"):
         if name in obs:
             r = reweighted_mean(obs[name], lw)
-            rows.append(Row(name, "reweighted", Estimate(r.value, r.error, 0.5, 0.0, 0)))
+            rows.append(Row(name, "reweighted", Estimate(r.value, r.error, tau_eff, 0.0, 0)))
     if "G" in obs:
         L_t = sf.lattice_shape[-1]
         t_max = L_t // 2 if max_t is None else min(max_t, L_t - 1)
@@ -67,8 +72,7 @@ def analyze_importance(sf: SampleFile, max_t: int | None = None) -> list[Row]:
         for t in range(t_max + 1):
             idx = (slice(None), slice(None)) + (0,) * (G.ndim - 3) + (t,)
             r = reweighted_mean(G[idx], lw)
-            rows.append(Row(f"G[{t}]", "reweighted", Estimate(r.value, r.error, 0.5, 0.0, 0)))
-    ess = effective_sample_size(lw)
+            rows.append(Row(f"G[{t}]", "reweighted", Estimate(r.value, r.error, tau_eff, 0.0, 0)))
     rows.append(Row("ESS/N", "flow", Estimate(ess, 0.0, 0.5, 0.0, 0)))
     lz = log_partition_function(lw)
     rows.append(Row("log_Z", "flow", Estimate(lz.value, lz.error, 0.5, 0.0, 0)))
@@ -180,16 +184,25 @@ def format_comparison(cmp: dict) -> str:
     return "\n".join(lines)
 
 
-def format_table(rows: list[Row], title: str = "") -> str:
+def format_table(rows: list[Row], title: str = "", n_per_chain: int | None = None) -> str:
     """A fixed-width text table: observable, value, error, tau_int +- error, kind."""
     lines = []
     if title:
         lines.append(title)
     lines.append(f"{'observable':<16}{'value':>14}{'error':>12}{'tau_int':>10}{'+-':>8}  kind")
+    unreliable = False
     for r in rows:
         e = r.est
+        flag = ""
+        if n_per_chain and r.kind in ("primary", "derived") and e.tau_int * 100 > n_per_chain:
+            flag, unreliable = " !", True
         lines.append(
-            f"{r.name:<16}{e.value:>14.6g}{e.error:>12.3g}{e.tau_int:>10.3f}{e.tau_int_error:>8.3f}  {r.kind}"
+            f"{r.name:<16}{e.value:>14.6g}{e.error:>12.3g}{e.tau_int:>10.3f}{e.tau_int_error:>8.3f}  {r.kind}{flag}"
+        )
+    if unreliable:
+        lines.append(
+            f"! tau_int > N/100 with N = {n_per_chain} rows per chain: the Gamma-method error is "
+            "not reliable; run longer (Wolff 2004 asks for N >> 100 tau_int)."
         )
     return "\n".join(lines)
 

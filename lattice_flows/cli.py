@@ -95,7 +95,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             title = (f"{path}  [{meta['kind']}, lattice {sf.lattice_shape}, m2={meta['m2']}, "
                      f"lam={meta['lam']}, {sf.n_saved} rows x {sf.n_chains} chains, "
                      f"Gamma-method S={args.S}]")
-            print(format_table(rows, title))
+            print(format_table(rows, title, sf.n_saved - args.discard))
             print()
     if args.json:
         print(json.dumps(out[0] if len(out) == 1 else out, indent=1))

@@ -52,3 +52,14 @@ def tiny_hmc_raw(out_dir: Path, **hmc) -> dict:
 @pytest.fixture
 def tiny_hmc_config(tmp_path: Path) -> Path:
     return write_config(tmp_path / "tiny.yaml", tiny_hmc_raw(tmp_path / "run"))
+
+
+def family_sigma(n_checks: int, single: float = 3.0) -> float:
+    """z threshold for ``n_checks`` simultaneous comparisons with the family-wise false-alarm
+    rate of one ``single``-sigma test (Sidak correction): 3.0 for one check, ~3.55 for seven.
+    Keeps statistical tests honest when several observables are compared at once."""
+    from scipy.stats import norm
+
+    p_single = 2 * norm.sf(single)
+    p_each = 1 - (1 - p_single) ** (1 / n_checks)
+    return float(norm.isf(p_each / 2))

@@ -194,6 +194,9 @@ class SampleFile:
             raise DataFileError(
                 f"{self.path}: attribute n_saved = {self.n_saved} but datasets {short} are shorter."
             )
+        for k in ("lattice_shape", "n_chains"):
+            if k not in self.attrs:
+                raise DataFileError(f"{self.path}: attribute '{k}' is missing.")
         self.observable_names = obs
         self.extra_names = sorted(n for n in names if n not in ("configs", "action", "accepted", "observables"))
         self.lattice_shape = tuple(int(n) for n in self.attrs["lattice_shape"])

@@ -234,9 +234,10 @@ def _run(cfg: Config, run_dir: Path, progress: bool, rank: int, world_size: int)
         if buf.n >= cfg.output.chunk_rows or (at_end and buf.n):
             writer.append(buf.take())
             cpu_now = cpu_used + (time.process_time() - cpu0)
-            writer.set_attrs({"cpu_s": cpu_now, "steps_done": step,
-                              "acceptance": n_acc / max(1, (step - 1) * n_chains),
-                              "n_nonfinite": n_nonfinite})
+            done_attrs = {"cpu_s": cpu_now, "steps_done": step, "n_nonfinite": n_nonfinite}
+            if mode == "mcmc":
+                done_attrs["acceptance"] = n_acc / max(1, (step - 1) * n_chains)
+            writer.set_attrs(done_attrs)
             save_checkpoint({
                 "kind": f"flow-{mode}", "n_chains": n_chains, "step": step,
                 "rng": gen.get_state().clone(),

@@ -28,6 +28,7 @@ from lattice_flows.progress import progress_bar
 from lattice_flows.theory.phi4 import Phi4Action
 
 SAMPLES_NAME = "hmc.h5"
+COLD_START_WIDTH = 0.1
 CHECKPOINT_NAME = "hmc.ckpt"
 
 
@@ -86,7 +87,11 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
         cpu_used = float(state.get("cpu_s", 0.0))
         log.info("resuming %s at trajectory %d of %d", run_dir, traj, h.n_traj)
     else:
-        phi = torch.randn((h.n_chains, *cfg.lattice.shape), generator=gen, device=device, dtype=dtype)
+        # near-cold start: a hot N(0, 1) start at large lam puts chains where the leapfrog is
+        # unstable (force ~ 4 lam phi^3), and such chains can stay stuck for the whole run
+        phi = COLD_START_WIDTH * torch.randn(
+            (h.n_chains, *cfg.lattice.shape), generator=gen, device=device, dtype=dtype
+        )
         traj, n_acc, n_tried, cpu_used = 0, 0, 0, 0.0
         cpu_therm0 = time.process_time()
         log.info(
@@ -125,6 +130,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
 
     buf = RowBuffer()
     acc_since_save = torch.zeros(h.n_chains, dtype=torch.bool, device=device)
+    acc_per_chain = torch.zeros(h.n_chains, dtype=torch.int64, device=device)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     start_traj = traj
@@ -135,6 +141,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
         n_acc += int(acc.sum())
         n_tried += acc.numel()
         acc_since_save |= acc
+        acc_per_chain += acc
         if traj % h.save_every == 0:
             obs = measure(phi, action, cfg.output.store_G)
             row = {
@@ -158,6 +165,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
             bar.set_postfix(acc=f"{n_acc / n_tried:.3f}")
     bar.close()
     dt = time.perf_counter() - t0
+    _warn_stuck_chains(acc_per_chain.cpu(), traj - start_traj)
     if traj > start_traj:
         log.info(
             "HMC done: %d trajectories in %.1f s (%.1f traj/s), acceptance %.3f, %d rows in %s",
@@ -167,6 +175,23 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_siz
     else:
         log.info("HMC run %s is already complete (%d trajectories)", run_dir, traj)
     return samples_path
+
+
+def _warn_stuck_chains(acc_per_chain: torch.Tensor, n_traj: int) -> list[int]:
+    """Warn about chains whose acceptance is far below the others' (a chain stuck where the
+    integrator is unstable biases every average); returns their indices."""
+    if n_traj < 50:
+        return []
+    rate = acc_per_chain.double() / n_traj
+    median = float(rate.median())
+    stuck = [int(i) for i in torch.nonzero(rate < 0.25 * median).flatten()]
+    if stuck:
+        log.warning(
+            "chains %s accepted only %s of trajectories (median %.2f): they may be stuck; "
+            "check them before using the averages (lower hmc.step_size or raise hmc.n_therm)",
+            stuck, [round(float(rate[i]), 3) for i in stuck], median,
+        )
+    return stuck
 
 
 def _ckpt(phi, gen, step_size, traj, n_acc, n_tried, phase, cpu_s) -> dict:

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Compare two or more runs (e.g. flow MCMC vs HMC) observable by observable.
+
+Per observable: each run's value ± Γ-method error (τ_int), the z-score of the difference to the
+reference run, z = (O_i − O_ref) / sqrt(σ_i² + σ_ref²), the ratio τ_int,i / τ_int,ref and the
+ratio of CPU-seconds per effective sample, CPU-s × 2 τ_int / N (CONVENTIONS.md "Statistics";
+:func:`lattice_flows.analysis.compare`). ``--train-cost`` adds the flow's training CPU-s
+(``train_cpu_s`` of ``train_summary.json`` next to the flow that made the samples) to every
+flow run's cost, i.e. amortises training over the samples of this run.
+
+Writes ``comparison.md`` and ``comparison.json`` to ``--out``.
+
+Example::
+
+    python analysis/compare.py runs/tutorial_flow/samples.h5 runs/tutorial_flow/hmc.h5 \
+        --names "flow MCMC,HMC" --train-cost --out results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import _common as C
+
+DEFAULT_OBSERVABLES = "absM,M2,chi2,E,action_density,U4,G[0],G[1],C[1],m_eff[1]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compare.py",
+        description="Compare runs: values, z-scores, tau_int ratios and CPU-s per effective "
+                    "sample. A run folder stands for all its sample files.",
+    )
+    p.add_argument("paths", nargs="+", help="run folders or sample files (>= 2 files in all)")
+    p.add_argument("--names", default=None,
+                   help="comma-separated labels, one per sample file, e.g. 'flow MCMC,HMC'")
+    p.add_argument("--reference", type=int, default=0, metavar="I",
+                   help="index (0-based, in input order) of the run the z-scores and ratios "
+                        "refer to (default 0)")
+    p.add_argument("--train-cost", action="store_true",
+                   help="add the flow's training CPU-s (train_summary.json 'train_cpu_s') to "
+                        "the cost of each flow run")
+    p.add_argument("--observables", default=DEFAULT_OBSERVABLES,
+                   help=f"comma-separated observables (default {DEFAULT_OBSERVABLES}); "
+                        "ones missing from any run are skipped")
+    p.add_argument("--discard", type=int, default=0, metavar="N",
+                   help="drop the first N saved rows of every chain")
+    p.add_argument("--out", default=".", help="output folder (default: current directory)")
+    p.add_argument("--stem", default="comparison", help="output file name without suffix")
+    p.add_argument("--quiet", action="store_true", help="do not print the table to stdout")
+    return p
+
+
+def flow_run_dir(src: C.Source) -> Path:
+    """Folder of the flow that produced a flow sample file (attribute flow_path, else its folder)."""
+    flow_path = src.sf.attrs.get("flow_path")
+    return Path(flow_path).parent if flow_path else src.run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        from lattice_flows.analysis import compare, format_comparison
+
+        sources = C.load_sources(args.paths, C.parse_names(args.names))
+        if len(sources) < 2:
+            raise C.fail(f"{', '.join(args.paths)}: compare needs at least 2 sample files, "
+                         f"found {len(sources)}.")
+        if not 0 <= args.reference < len(sources):
+            raise C.fail(f"--reference {args.reference}: out of range for {len(sources)} runs.")
+        if args.discard < 0:
+            raise C.fail(f"--discard must be >= 0, got {args.discard}")
+        order = [args.reference] + [i for i in range(len(sources)) if i != args.reference]
+        sources = [sources[i] for i in order]
+        extra_cpu: dict[int, float] = {}
+        train_cost: dict[str, float] = {}
+        if args.train_cost:
+            for i, s in enumerate(sources):
+                if s.kind.startswith("flow"):
+                    extra_cpu[i] = C.read_train_cpu_s(flow_run_dir(s))
+                    train_cost[s.label] = extra_cpu[i]
+            if not extra_cpu:
+                print("compare.py: warning: --train-cost given but no flow run among the inputs",
+                      file=sys.stderr)
+        observables = tuple(o.strip() for o in args.observables.split(",") if o.strip())
+        cmp = compare([s.path for s in sources], [s.label for s in sources],
+                      discard=args.discard, observables=observables, extra_cpu=extra_cpu)
+        adjusted = sorted(s.label for s in sources if s.kind == "flow-importance")
+        for r, s in zip(cmp["runs"], sources):
+            r["train_cpu_s_added"] = train_cost.get(s.label, 0.0)
+        missing = [o for o in observables if o not in {line["observable"] for line in cmp["table"]}]
+        cmp["skipped_observables"] = missing
+        cmp["reference"] = sources[0].label
+        cmp["discard"] = args.discard
+        cost_note = ("including the flow's training CPU-s" if extra_cpu
+                     else "sampling CPU-s only (use --train-cost to add flow training)")
+        text = (f"# Comparison (reference: {sources[0].label}; cost: {cost_note})\n\n"
+                + format_comparison(cmp) + "\n")
+        if missing:
+            text += f"\nSkipped (missing in some run): {', '.join(missing)}.\n"
+        if train_cost:
+            text += "\nTraining CPU-s added: " + ", ".join(
+                f"{k}: {v:.1f}" for k, v in train_cost.items()) + ".\n"
+        if adjusted:
+            text += ("\nImportance sampling (" + ", ".join(adjusted) + "): τ shown is the effective "
+                     "1/(2 ESS/N), so cost per effective sample = CPU-s / ESS.\n")
+        text += ("\nz = (O − O_ref)/sqrt(σ² + σ_ref²); ratios are run / reference; "
+                 "τ_int in units of saved rows.\n")
+        out = C.out_dir(args.out)
+        (out / f"{args.stem}.md").write_text(text)
+        C.write_json(out / f"{args.stem}.json", cmp)
+        if not args.quiet:
+            sys.stdout.write(text)
+        print(f"wrote {out / (args.stem + '.md')} and {out / (args.stem + '.json')}", file=sys.stderr)
+        return 0
+
+    return C.main_guard("compare.py", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Flow production end to end: exactness of the independence sampler with an imperfect flow
+(free field: exact results; tutorial point: HMC), importance-sampling log Z, resume after SIGKILL.
+Tolerances are 3 sigma of Gamma-method (or delta-method) errors; seeds are fixed."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lattice_flows.analysis import analyze_samples
+from lattice_flows.cli import main
+from lattice_flows.config import config_from_dict
+from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.mcmc.flow_run import run_sample
+from lattice_flows.mcmc.hmc_run import run_hmc
+from lattice_flows.statistics import gamma_method
+from lattice_flows.theory.free_field import exact_log_z, exact_susceptibility, exact_two_point
+from lattice_flows.training.trainer import train_flow
+from tests.conftest import family_sigma, write_config
+
+FREE = {"m2": 1.0, "lam": 0.0}
+
+
+def raw_cfg(out: Path, shape=(8, 8), action=FREE, **sections) -> dict:
+    raw = {
+        "lattice": {"shape": list(shape)},
+        "action": dict(action),
+        "seed": 17,
+        "device": "cpu",
+        # deliberately imperfect: the Fourier layer starts at the wrong mass
+        "flow": {"n_layers": 4, "hidden_channels": [16], "fourier_layer": True, "fourier_m2_init": 2.5},
+        "train": {"steps": 30, "batch_size": 128, "lr": 3e-3, "log_every": 10,
+                  "checkpoint_every": 1000, "eval_samples": 2048},
+        "sample": {"n_chains": 32, "n_samples": 600, "batch_size": 2048},
+        "output": {"dir": str(out), "chunk_rows": 200},
+    }
+    for k, v in sections.items():
+        raw[k].update(v)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def free_flow_run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("free") / "run"
+    raw = raw_cfg(out)
+    res = train_flow(config_from_dict(raw), progress=False)
+    assert 0.05 < res.acceptance < 0.95, res  # imperfect: accept/reject does real work
+    return out, raw
+
+
+def test_free_field_flow_mcmc_matches_exact(free_flow_run):
+    out, raw = free_flow_run
+    sf = SampleFile(run_sample(config_from_dict(raw), progress=False))
+    assert sf.attrs["kind"] == "flow-mcmc" and sf.n_saved == 600
+    assert {"log_q", "log_w"} <= set(sf.extra_names)
+    acc = sf.accepted()[1:].mean()
+    assert 0.05 < acc < 0.98
+    G_exact = exact_two_point((8, 8), 1.0).numpy()
+    checks = {"chi2": (sf.observable("chi2"), exact_susceptibility(1.0)),
+              "S/V": (sf.observable("action_density"), 0.5)}
+    G = sf.observable("G")
+    for t in range(5):
+        checks[f"G(0,{t})"] = (G[:, :, 0, t], G_exact[0, t])
+    z_max = family_sigma(len(checks))  # 3 sigma, Sidak-corrected for the number of checks
+    for name, (data, exact) in checks.items():
+        est = gamma_method(data)
+        assert abs(est.value - exact) < z_max * est.error, (name, est, exact)
+
+
+def test_importance_sampling_log_z_of_free_field(free_flow_run):
+    out, raw = free_flow_run
+    raw = dict(raw, sample={**raw["sample"], "mode": "importance", "n_samples": 400})
+    sf = SampleFile(run_sample(config_from_dict(raw), progress=False))
+    assert sf.attrs["kind"] == "flow-importance"
+    rows = {r.name: r.est for r in analyze_samples(sf)}
+    exact = exact_log_z((8, 8), 1.0)
+    assert abs(rows["log_Z"].value - exact) < 3 * rows["log_Z"].error, (rows["log_Z"], exact)
+    assert rows["log_Z"].error < 0.05
+    chi = rows["chi2"]
+    assert abs(chi.value - exact_susceptibility(1.0)) < 3 * chi.error
+    assert 0 < rows["ESS/N"].value <= 1
+
+
+def _flow_vs_hmc(tmp_path, shape, train, sample, hmc_traj=2000):
+    tut = {"m2": -4.0, "lam": 8.0}
+    raw = raw_cfg(tmp_path / "flow", shape=shape, action=tut,
+                  flow={"n_layers": 8, "hidden_channels": [16, 16], "fourier_m2_init": "auto"},
+                  train=train, sample=sample)
+    res = train_flow(config_from_dict(raw), progress=False)
+    flow_sf = SampleFile(run_sample(config_from_dict(raw), progress=False))
+    hraw = {"lattice": {"shape": list(shape)}, "action": tut, "seed": 3, "device": "cpu",
+            "hmc": {"n_chains": 32, "n_therm": 200, "n_traj": hmc_traj, "n_steps": 10},
+            "output": {"dir": str(tmp_path / "hmc"), "chunk_rows": 1000}}
+    hmc_sf = SampleFile(run_hmc(config_from_dict(hraw), progress=False))
+    pairs = {name: (flow_sf.observable(name), hmc_sf.observable(name)) for name in ("chi2", "absM", "E")}
+    pairs["G(0)"] = (flow_sf.observable("G")[:, :, 0, 0], hmc_sf.observable("G")[:, :, 0, 0])
+    z_max = family_sigma(len(pairs))
+    for name, (x, y) in pairs.items():
+        a, b = gamma_method(x), gamma_method(y)
+        # the Gamma-method needs chains much longer than tau_int to be trusted
+        assert a.tau_int * 50 < x.shape[0], (name, a, "flow too poor for a reliable error")
+        assert abs(a.value - b.value) < z_max * math.hypot(a.error, b.error), (name, a, b)
+    return res
+
+
+def test_tutorial_couplings_small_volume_flow_mcmc_agrees_with_hmc(tmp_path):
+    """m2 = -4, lam = 8 at L = 4 (fast); the L = 8 tutorial point itself is the slow test below."""
+    _flow_vs_hmc(tmp_path, (4, 4), train={"steps": 250, "batch_size": 128, "eval_samples": 4096},
+                 sample={"n_chains": 64, "n_samples": 800})
+
+
+@pytest.mark.slow
+def test_tutorial_point_flow_mcmc_agrees_with_hmc(tmp_path):
+    """The tutorial point L = 8, m2 = -4, lam = 8: flow MCMC vs HMC within 3 sigma (Sidak)."""
+    res = _flow_vs_hmc(tmp_path, (8, 8),
+                       train={"steps": 100000, "time_budget": 240, "batch_size": 128, "eval_samples": 10240},
+                       sample={"n_chains": 64, "n_samples": 3000}, hmc_traj=3000)
+    assert res.acceptance > 0.3, res
+
+
+def _sample_proc(cfg: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "lattice_flows", "sample", str(cfg), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def test_sigkilled_sampling_resumes_to_the_same_chain(free_flow_run, tmp_path):
+    out, raw = free_flow_run
+    flow = str(out / "flow.pt")
+    base = raw_cfg(tmp_path / "ref", sample={"flow": flow, "n_chains": 8, "n_samples": 6000,
+                                             "batch_size": 64, "save_every": 3})
+    base["output"]["chunk_rows"] = 50
+    ref = write_config(tmp_path / "ref.yaml", base)
+    assert _sample_proc(ref).wait() == 0
+    base["output"]["dir"] = str(tmp_path / "killed")
+    cfg = write_config(tmp_path / "killed.yaml", base)
+    rng = random.Random(1)
+    killed = 0
+    for _ in range(3):
+        proc = _sample_proc(cfg)
+        deadline = time.time() + 60
+        while not (tmp_path / "killed" / "samples.h5").exists() and proc.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.05, 0.6))
+        killed += proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert killed >= 1, "sampling finished before the kill: the test would prove nothing"
+    assert _sample_proc(cfg).wait() == 0
+    a, b = SampleFile(tmp_path / "ref" / "samples.h5"), SampleFile(tmp_path / "killed" / "samples.h5")
+    assert a.n_saved == b.n_saved == 2000
+    for get in (lambda s: s.configs(), lambda s: s.action(), lambda s: s.accepted(),
+                lambda s: s.extra("log_w"), lambda s: s.observable("chi2")):
+        np.testing.assert_array_equal(get(a), get(b))
+
+
+def test_sample_without_flow_is_refused(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", raw_cfg(tmp_path / "empty"))
+    assert main(["sample", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "flow.pt" in err and "lattice-flows train" in err
