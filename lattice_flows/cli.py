@@ -22,58 +22,63 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def _cmd_hmc(args: argparse.Namespace) -> int:
+def _setup(args: argparse.Namespace):
+    """Load the config, make the run folder, set up logging; returns (cfg, world)."""
     from lattice_flows.config import load_config
     from lattice_flows.logs import setup_logging
-    from lattice_flows.mcmc.hmc_run import run_hmc
 
+    world = _WORLD
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.output.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(args.verbose, logfile=run_dir / "run.log")
-    path = run_hmc(cfg, progress=not args.no_progress)
-    print(path)
+    rank = 0 if world is None else world.rank
+    setup_logging(args.verbose, rank=rank, logfile=run_dir / "run.log" if rank == 0 else None)
+    if world is not None:
+        import logging
+
+        logging.getLogger("lattice_flows").info(
+            "MPI world of %d ranks (%d on this node); rank %d", world.size, world.local_size, rank
+        )
+    return cfg, world
+
+
+def _cmd_hmc(args: argparse.Namespace) -> int:
+    from lattice_flows.mcmc.hmc_run import run_hmc
+
+    cfg, world = _setup(args)
+    path = run_hmc(cfg, progress=not args.no_progress, world=world)
+    if world is None or world.is_root:
+        print(path)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lattice_flows.config import load_config
-    from lattice_flows.logs import setup_logging
     from lattice_flows.training.trainer import train_flow
 
-    cfg = load_config(args.config, args.overrides)
-    run_dir = Path(cfg.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(args.verbose, logfile=run_dir / "run.log")
-    result = train_flow(cfg, progress=not args.no_progress)
-    print(json.dumps(result.as_dict()))
+    cfg, world = _setup(args)
+    result = train_flow(cfg, progress=not args.no_progress, world=world)
+    if world is None or world.is_root:
+        print(json.dumps(result.as_dict()))
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from lattice_flows.config import load_config
-    from lattice_flows.logs import setup_logging
     from lattice_flows.mcmc.flow_run import run_sample
 
-    cfg = load_config(args.config, args.overrides)
-    run_dir = Path(cfg.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(args.verbose, logfile=run_dir / "run.log")
-    print(run_sample(cfg, progress=not args.no_progress))
+    cfg, world = _setup(args)
+    path = run_sample(cfg, progress=not args.no_progress, world=world)
+    if world is None or world.is_root:
+        print(path)
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from lattice_flows.config import load_config
-    from lattice_flows.logs import setup_logging
     from lattice_flows.pipeline import run_pipeline
 
-    cfg = load_config(args.config, args.overrides)
-    run_dir = Path(cfg.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(args.verbose, logfile=run_dir / "run.log")
-    report = run_pipeline(cfg, progress=not args.no_progress)
-    print(report)
+    cfg, world = _setup(args)
+    report = run_pipeline(cfg, progress=not args.no_progress, world=world)
+    if world is None or world.is_root:
+        print(report)
     return 0
 
 
@@ -123,6 +128,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+_WORLD = None  # the MPI world of this process (None: a single process)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lattice-flows",
@@ -169,16 +177,43 @@ def main(argv: list[str] | None = None) -> int:
     from lattice_flows.io.lock import RunLockedError
     from lattice_flows.training.trainer import TrainingError
 
+    global _WORLD
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("hmc", "train", "sample", "run"):
+        from lattice_flows.distributed import World
+
+        world = World.from_environment()
+        _WORLD = world if world.size > 1 else None
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataFileError, CheckpointError, RunLockedError, TrainingError) as exc:
         print(f"lattice-flows {args.command}: error: {exc}", file=sys.stderr)
+        _abort_world(2)
         return 2
     except KeyboardInterrupt:
         print(f"lattice-flows {args.command}: interrupted", file=sys.stderr)
+        _abort_world(130)
         return 130
+    except BaseException:
+        _abort_world(1, traceback_first=True)
+        raise
+    finally:
+        if _WORLD is not None:
+            _WORLD.close()
+            _WORLD = None
+
+
+def _abort_world(code: int, traceback_first: bool = False) -> None:
+    """One failing rank must not leave the others waiting in a collective forever."""
+    if _WORLD is not None and _WORLD.comm is not None:
+        sys.stderr.flush()
+        if traceback_first:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+        _WORLD.comm.Abort(code)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from lattice_flows.io.hdf5 import SampleFile
 from lattice_flows.mcmc.chain import log
 
 
-def run_pipeline(cfg: Config, progress: bool = True) -> str:
+def run_pipeline(cfg: Config, progress: bool = True, world=None) -> str:
     """Run every stage the config has; return the report text (also written to the run folder)."""
     if cfg.flow is None or cfg.train is None or cfg.sample is None:
         missing = [s for s in ("flow", "train", "sample") if getattr(cfg, s) is None]
@@ -33,10 +33,10 @@ def run_pipeline(cfg: Config, progress: bool = True) -> str:
     t0 = time.perf_counter()
     stages = {}
     t = time.perf_counter()
-    res = train_flow(cfg, progress=progress)
+    res = train_flow(cfg, progress=progress, world=world)
     stages["train"] = time.perf_counter() - t
     t = time.perf_counter()
-    flow_file = run_sample(cfg, progress=progress)
+    flow_file = run_sample(cfg, progress=progress, world=world)
     stages["sample"] = time.perf_counter() - t
     files = [flow_file]
     names = [f"flow {cfg.sample.mode}"]
@@ -44,9 +44,11 @@ def run_pipeline(cfg: Config, progress: bool = True) -> str:
         from lattice_flows.mcmc.hmc_run import run_hmc
 
         t = time.perf_counter()
-        files.append(run_hmc(cfg, progress=progress))
+        files.append(run_hmc(cfg, progress=progress, world=world))
         names.append("HMC")
         stages["hmc"] = time.perf_counter() - t
+    if world is not None and not world.is_root:
+        return ""
     t = time.perf_counter()
     parts = []
     out = {"train": res.as_dict(), "files": {}}

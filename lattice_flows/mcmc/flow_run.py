@@ -33,7 +33,8 @@ from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.mcmc.chain import (
-    RowBuffer, check_resumable, derive_seed, log, make_generator, observable_specs,
+    RowBuffer, check_resumable, derive_seed, finish_parallel, log, make_generator,
+    observable_specs, production_paths,
 )
 from lattice_flows.mcmc.metropolis import accept_reject
 from lattice_flows.observables import measure
@@ -89,30 +90,34 @@ def propose(flow: Flow, action: Phi4Action, n: int, generator: torch.Generator,
 
 
 def run_sample(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
-               rank: int = 0, world_size: int = 1) -> Path:
-    """Run (or resume) flow production for ``cfg``; returns the sample file path."""
+               world=None) -> Path:
+    """Run (or resume) flow production for ``cfg``; returns the sample file path (with several
+    MPI ranks: the merged view of the rank files)."""
     if cfg.sample is None:
         raise ConfigError("config section 'sample' is missing; it is required by 'lattice-flows sample'.")
     run_dir = Path(run_dir or cfg.output.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    rank = 0 if world is None else world.rank
     with RunLock(run_dir, f".lock.sample.{rank}"):
-        return _run(cfg, run_dir, progress, rank, world_size)
+        path = _run(cfg, run_dir, progress, world)
+    merged = finish_parallel(run_dir, SAMPLES_NAME[cfg.sample.mode][:-3], world)
+    return merged or path
 
 
-def _run(cfg: Config, run_dir: Path, progress: bool, rank: int, world_size: int) -> Path:
+def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
+    rank = 0 if world is None else world.rank
+    world_size = 1 if world is None else world.size
     sc = cfg.sample
     assert sc is not None
     mode = sc.mode
-    device = resolve_device(cfg.device, rank)
+    device = resolve_device(cfg.device, 0 if world is None else world.local_rank)
     dtype = resolve_dtype(cfg.dtype)
     shape = cfg.lattice.shape
     action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
     flow_path = Path(sc.flow) if sc.flow else run_dir / "flow.pt"
     flow = load_flow(flow_path, shape, device, dtype, (cfg.action.m2, cfg.action.lam))
-    suffix = "" if world_size == 1 else f".rank{rank:04d}"
-    samples_path = run_dir / SAMPLES_NAME[mode].replace(".h5", f"{suffix}.h5")
-    ckpt_path = run_dir / CHECKPOINT_NAME[mode].replace(".ckpt", f"{suffix}.ckpt")
-    if rank == 0 and (ckpt_path.exists() or samples_path.exists()):
+    samples_path, ckpt_path = production_paths(run_dir, SAMPLES_NAME[mode][:-3], world)
+    if ckpt_path.exists() or samples_path.exists():
         check_resumable(run_dir, cfg, ("sample",))
     prov = provenance(cfg, world_size, rank)
     if rank == 0:

@@ -20,7 +20,8 @@ from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.mcmc.chain import (
-    RowBuffer, check_resumable, derive_seed, log, make_generator, observable_specs,
+    RowBuffer, check_resumable, derive_seed, finish_parallel, log, make_generator,
+    observable_specs, production_paths,
 )
 from lattice_flows.mcmc.hmc import HMC, DualAveraging
 from lattice_flows.observables import measure
@@ -38,8 +39,9 @@ def _initial_step_size(cfg: Config) -> float:
 
 
 def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
-            rank: int = 0, world_size: int = 1) -> Path:
-    """Run (or resume, or extend) the HMC production of ``cfg``; returns the sample file path."""
+            world=None) -> Path:
+    """Run (or resume, or extend) the HMC production of ``cfg``; returns the sample file path
+    (with several MPI ranks: the merged view of the rank files)."""
     if cfg.hmc is None:
         raise ConfigError("config section 'hmc' is missing; it is required by 'lattice-flows hmc'.")
     h = cfg.hmc
@@ -51,18 +53,22 @@ def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tru
         )
     run_dir = Path(run_dir or cfg.output.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        return _run_locked(cfg, run_dir, progress, rank, world_size)
+    rank = 0 if world is None else world.rank
+    with RunLock(run_dir, ".lock" if rank == 0 else f".lock.{rank}"):
+        path = _run_locked(cfg, run_dir, progress, world)
+    merged = finish_parallel(run_dir, "hmc", world)
+    return merged or path
 
 
-def _run_locked(cfg: Config, run_dir: Path, progress: bool, rank: int, world_size: int) -> Path:
+def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
+    rank = 0 if world is None else world.rank
+    world_size = 1 if world is None else world.size
     h = cfg.hmc
     assert h is not None
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, 0 if world is None else world.local_rank)
     dtype = resolve_dtype(cfg.dtype)
     action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
-    samples_path = run_dir / (SAMPLES_NAME if world_size == 1 else f"hmc.rank{rank:04d}.h5")
-    ckpt_path = run_dir / (CHECKPOINT_NAME if world_size == 1 else f"hmc.rank{rank:04d}.ckpt")
+    samples_path, ckpt_path = production_paths(run_dir, "hmc", world)
     if ckpt_path.exists() or samples_path.exists():
         check_resumable(run_dir, cfg, ("hmc",))
     prov = provenance(cfg, world_size, rank)

@@ -177,6 +177,8 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
     is_root = rank == 0
     device = resolve_device(cfg.device, 0 if world is None else world.local_rank)
     dtype = resolve_dtype(cfg.dtype)
+    if world is not None:
+        world.init_torch_distributed(device)
     action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
     if tc.batch_size % size:
         raise ConfigError(
@@ -184,7 +186,7 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
             f"{size} MPI ranks; expected a multiple of {size}."
         )
     local_batch = tc.batch_size // size
-    if is_root and (run_dir / CHECKPOINT_NAME).exists():
+    if (run_dir / CHECKPOINT_NAME).exists():
         check_resumable(run_dir, cfg, ("flow", "train"))
     prov = provenance(cfg, size, rank)
     if is_root:
@@ -287,7 +289,10 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
     cpu_t0 = time.process_time()
     cpu_base = cpu_used
     while step < tc.steps:
-        if tc.time_budget is not None and cpu_used >= tc.time_budget:
+        over_budget = tc.time_budget is not None and cpu_used >= tc.time_budget
+        if world is not None:
+            over_budget = bool(world.bcast(over_budget))  # rank 0's clock decides for all
+        if over_budget:
             stopped_by_budget = True
             break
         if hasattr(estimator, "alpha") and tc.alpha_final is not None:

@@ -1,0 +1,62 @@
+"""Merged view of per-rank sample files: an HDF5 virtual-dataset (VDS) file.
+
+Each rank of a parallel production writes ``<name>.rank<NNNN>.h5`` with its own chains. The
+merged view ``<name>.h5`` maps them side by side along the chain axis, cut at the smallest
+committed row count, so every reader and analysis sees one ensemble whose replicas are all the
+chains of all ranks. The view holds no data (relative links to the rank files, resolved next to
+the view): keep the folder together. Attributes: those of rank 0, with ``n_chains`` and
+``n_saved`` of the view, ``merged_from`` (the rank files) and the summed ``cpu_s``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from lattice_flows.io.hdf5 import SampleFile
+
+
+def _datasets(f: h5py.File) -> list[str]:
+    names: list[str] = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+def write_merged_view(out: str | Path, rank_files: list[str | Path]) -> Path:
+    """Write the VDS file ``out`` over ``rank_files`` (same directory); returns its path."""
+    out = Path(out)
+    files = [Path(p) for p in rank_files]
+    readers = [SampleFile(p) for p in files]
+    n_saved = min(r.n_saved for r in readers)
+    chains = [r.n_chains for r in readers]
+    total = sum(chains)
+    tmp = out.with_name(out.name + ".tmp")
+    with h5py.File(files[0], "r") as f0:
+        names = _datasets(f0)
+        shapes = {n: f0[n].shape[2:] for n in names}
+        dtypes = {n: f0[n].dtype for n in names}
+        attrs = dict(f0.attrs)
+    with h5py.File(tmp, "w") as out_f:
+        for k, v in attrs.items():
+            out_f.attrs[k] = v
+        out_f.attrs["n_chains"] = total
+        out_f.attrs["n_saved"] = n_saved
+        out_f.attrs["rank"] = -1
+        out_f.attrs["merged_from"] = [p.name for p in files]
+        out_f.attrs["chains_per_rank"] = np.asarray(chains)
+        out_f.attrs["cpu_s"] = float(sum(float(r.attrs.get("cpu_s", 0.0)) for r in readers))
+        for name in names:
+            layout = h5py.VirtualLayout(shape=(n_saved, total, *shapes[name]), dtype=dtypes[name])
+            c0 = 0
+            for p, r, c in zip(files, readers, chains):
+                with h5py.File(p, "r") as fr:
+                    src_shape = fr[name].shape
+                src = h5py.VirtualSource(os.path.relpath(p, out.parent), name, shape=src_shape)
+                layout[:, c0:c0 + c] = src[:n_saved]
+                c0 += c
+            out_f.create_virtual_dataset(name, layout)
+    os.replace(tmp, out)
+    return out
