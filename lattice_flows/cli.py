@@ -185,8 +185,14 @@ def main(argv: list[str] | None = None) -> int:
 
         world = World.from_environment()
         _WORLD = world if world.size > 1 else None
+    from lattice_flows.signals import StopRequested, graceful_stop
+
     try:
-        return int(args.func(args) or 0)
+        with graceful_stop():
+            return int(args.func(args) or 0)
+    except StopRequested as exc:
+        print(f"lattice-flows {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except (ConfigError, DataFileError, CheckpointError, RunLockedError, TrainingError) as exc:
         print(f"lattice-flows {args.command}: error: {exc}", file=sys.stderr)
         _abort_world(2)

@@ -39,6 +39,7 @@ from lattice_flows.mcmc.chain import (
 from lattice_flows.mcmc.metropolis import accept_reject
 from lattice_flows.observables import measure
 from lattice_flows.progress import progress_bar
+from lattice_flows.signals import StopRequested, stop_requested
 from lattice_flows.theory.phi4 import Phi4Action
 
 SAMPLES_NAME = {"mcmc": "samples.h5", "importance": "importance.h5"}
@@ -236,7 +237,8 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         step += k
         bar.update(k)
         at_end = step >= total_steps
-        if buf.n >= cfg.output.chunk_rows or (at_end and buf.n):
+        stop = stop_requested()
+        if buf.n >= cfg.output.chunk_rows or (at_end and buf.n) or stop:
             writer.append(buf.take())
             cpu_now = cpu_used + (time.process_time() - cpu0)
             done_attrs = {"cpu_s": cpu_now, "steps_done": step, "n_nonfinite": n_nonfinite}
@@ -250,6 +252,9 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
                 "n_accepted": n_acc, "n_nonfinite": n_nonfinite, "cpu_s": cpu_now,
                 "pending_acc": pending_acc.cpu().clone(),
             }, ckpt_path)
+            if stop:
+                bar.close()
+                raise StopRequested(stop, str(samples_path))
     bar.close()
     if step > start:
         dt = time.perf_counter() - t0

@@ -26,6 +26,7 @@ from lattice_flows.mcmc.chain import (
 from lattice_flows.mcmc.hmc import HMC, DualAveraging
 from lattice_flows.observables import measure
 from lattice_flows.progress import progress_bar
+from lattice_flows.signals import StopRequested, stop_requested
 from lattice_flows.theory.phi4 import Phi4Action
 
 SAMPLES_NAME = "hmc.h5"
@@ -112,6 +113,9 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
             if tuner is not None:
                 hmc.step_size = tuner.update(float(prob.mean()))
             bar.update(1)
+            if stop_requested():  # thermalisation restarts from scratch (deterministically)
+                bar.close()
+                raise StopRequested(stop_requested(), f"{run_dir} (during thermalisation)")
         bar.close()
         if tuner is not None:
             hmc.step_size = tuner.final_step_size
@@ -158,7 +162,8 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
             row.update({f"observables/{k}": v.cpu().numpy() for k, v in obs.items()})
             buf.add(row)
             acc_since_save = torch.zeros_like(acc_since_save)
-            if buf.n >= cfg.output.chunk_rows or traj // h.save_every == n_rows_total:
+            stop = stop_requested()
+            if buf.n >= cfg.output.chunk_rows or traj // h.save_every == n_rows_total or stop:
                 writer.append(buf.take())
                 cpu_now = cpu_used + time.process_time() - cpu0
                 writer.set_attrs({"cpu_s": cpu_now, "n_traj_done": traj,
@@ -166,6 +171,9 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
                 save_checkpoint(
                     _ckpt(phi, gen, hmc.step_size, traj, n_acc, n_tried, 1, cpu_now), ckpt_path
                 )
+                if stop:
+                    bar.close()
+                    raise StopRequested(stop, str(samples_path))
         bar.update(1)
         if bar.enabled and n_tried:
             bar.set_postfix(acc=f"{n_acc / n_tried:.3f}")

@@ -36,6 +36,7 @@ from lattice_flows.io.train_log import TrainLog
 from lattice_flows.mcmc.chain import check_resumable, derive_seed, log, make_generator
 from lattice_flows.mcmc.metropolis import acceptance_rate
 from lattice_flows.progress import progress_bar
+from lattice_flows.signals import StopRequested, stop_requested
 from lattice_flows.statistics import effective_sample_size
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.training.estimators import make_estimator
@@ -365,6 +366,13 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", ess=f"{record.get('ess', float('nan')):.3f}")
             window_lw, window_loss, window_gn = [], [], []
             t_window, steps_window = time.perf_counter(), 0
+        stop = stop_requested()
+        if world is not None:
+            stop = 0 if world.all_ok(not stop) else (stop or 15)
+        if stop:
+            save(step)
+            bar.close()
+            raise StopRequested(stop, str(ckpt_path))
         if step % tc.checkpoint_every == 0 and step < tc.steps:
             save(step)
         bar.update(1)
