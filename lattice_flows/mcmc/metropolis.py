@@ -86,3 +86,19 @@ def acceptance_rate(log_w: torch.Tensor, generator: torch.Generator | None = Non
             cur = x
             n_acc += k > 0
     return n_acc / (len(values) - 1)
+
+
+def independence_chain_indices(log_w: torch.Tensor, generator: torch.Generator | None = None
+                               ) -> tuple[list[int], int]:
+    """Run one independence-Metropolis chain over ``log_w`` (proposals in order); return the
+    index of the current state after every step and the number of accepted steps (the first
+    step only initialises the chain). Non-finite log-weights are always rejected."""
+    values = log_w.detach().reshape(-1).to(torch.float64).cpu().tolist()
+    log_u = torch.log(torch.rand(len(values), generator=generator, dtype=torch.float64)).tolist()
+    cur, cur_i, n_acc, out = -math.inf, -1, 0, []
+    for k, (x, lu) in enumerate(zip(values, log_u)):
+        if math.isfinite(x) and (cur == -math.inf or lu < x - cur):
+            cur, cur_i = x, k
+            n_acc += k > 0
+        out.append(cur_i)
+    return out, n_acc

@@ -133,26 +133,43 @@ def load_flow_weights(flow: Flow, path: str | Path) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate_flow(flow: Flow, action: Phi4Action, n_samples: int, batch_size: int,
                   generator: torch.Generator, lattice_shape=None) -> dict[str, float]:
-    """ESS/N and independence-Metropolis acceptance on ``n_samples`` fresh samples."""
-    log_w = []
+    """Flow quality on ``n_samples`` fresh samples (CONVENTIONS.md "Statistics"): ESS/N, the
+    acceptance of one independence-Metropolis chain over them, tau_int of |M| and M^2 along that
+    chain (Gamma-method), and proposals per second (sampling + action, no autograd)."""
+    from lattice_flows.mcmc.metropolis import independence_chain_indices
+    from lattice_flows.statistics import gamma_method
+
+    log_w, mags = [], []
     done = 0
     t0 = time.perf_counter()
     while done < n_samples:
         n = min(batch_size, n_samples - done)
         phi, log_q = flow.sample(n, generator=generator, lattice_shape=lattice_shape)
         log_w.append((-(action(phi.double()) + log_q.double())).cpu())
+        mags.append(phi.double().mean(dim=tuple(range(1, phi.dim()))).cpu())
         done += n
     dt = time.perf_counter() - t0
     lw = torch.cat(log_w)
-    cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item()))
-    return {
+    M = torch.cat(mags)
+    cpu_gen = torch.Generator().manual_seed(
+        int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    )
+    idx, n_acc = independence_chain_indices(lw, cpu_gen)
+    chain_M = M[torch.tensor(idx).clamp(min=0)].numpy()
+    finite = torch.isfinite(lw)
+    out = {
         "ess": effective_sample_size(lw.numpy()),
-        "acceptance": acceptance_rate(lw, cpu_gen),
+        "acceptance": n_acc / max(1, lw.numel() - 1),
         "n_samples": int(lw.numel()),
-        "n_nonfinite": int((~torch.isfinite(lw)).sum()),
+        "n_nonfinite": int((~finite).sum()),
         "proposals_per_s": lw.numel() / dt,
-        "log_w_std": float(lw[torch.isfinite(lw)].std()),
+        "log_w_std": float(lw[finite].std()) if finite.any() else float("nan"),
     }
+    for name, series in (("absM", abs(chain_M)), ("M2", chain_M**2)):
+        est = gamma_method(series[:, None])
+        out[f"tau_int_{name}"] = est.tau_int
+        out[f"tau_int_{name}_error"] = est.tau_int_error
+    return out
 
 
 def train_flow(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,

@@ -1,0 +1,225 @@
+"""E-ladder benchmark: flow MCMC vs HMC as the lattice grows at fixed xi ~ L/4.
+
+For each rung of ``configs/ladder/`` (m2 = -4, lam tuned so that xi ~ L/4):
+
+* HMC of this package (the rung's ``hmc`` section): tau_int of |M| and M^2 in trajectories,
+  CPU-seconds per trajectory (all chains), CPU-s per effective sample of M^2, and the correlation
+  length xi = 1/m_eff from C(t) (the check xi ~ L/4);
+* the flow (the rung's ``flow``/``train`` sections, trained for the rung's CPU budget, optionally
+  starting from the previous rung's flow): ESS/N on >= 10,240 fresh samples, the acceptance of
+  an independence-Metropolis chain over them, tau_int of |M| and M^2 along that chain,
+  proposals per second and CPU-s per effective sample of M^2, with and without the training
+  cost amortised over 10^6 samples;
+* the ratio flow/HMC of the cost per effective sample of M^2.
+
+Output: a markdown table and a plot of acceptance and ESS versus L in benchmarks/results/
+(``ladder.md``, ``ladder.png``, ``ladder.json``), and the JSON line at the end.
+
+    python benchmarks/ladder.py                       # rungs 8,12,16 with their budgets
+    python benchmarks/ladder.py --rungs 8,12,16,20,32 --budget-scale 1.0
+    python benchmarks/ladder.py --quick               # smoke test: tiny budgets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lattice_flows.analysis import analyze_samples  # noqa: E402
+from lattice_flows.config import config_from_dict, load_raw  # noqa: E402
+from lattice_flows.devices import resolve_device  # noqa: E402
+from lattice_flows.io.hdf5 import SampleFile  # noqa: E402
+from lattice_flows.mcmc.chain import derive_seed, make_generator  # noqa: E402
+from lattice_flows.mcmc.flow_run import load_flow  # noqa: E402
+from lattice_flows.mcmc.hmc_run import run_hmc  # noqa: E402
+from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
+from lattice_flows.training.trainer import evaluate_flow, train_flow  # noqa: E402
+
+AMORTISE_SAMPLES = 1_000_000
+
+
+def hardware() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return out
+
+
+def xi_from_rows(rows) -> tuple[float, float]:
+    """xi = 1/m_eff at the largest t with a finite m_eff of relative error < 20%."""
+    best = (math.nan, math.nan)
+    for r in rows:
+        if r.name.startswith("m_eff[") and r.est.value > 0 and r.est.error < 0.2 * r.est.value:
+            best = (1.0 / r.est.value, r.est.error / r.est.value**2)
+    return best
+
+
+def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: Path | None,
+             quick: bool, eval_samples: int) -> dict:
+    raw = json.loads(json.dumps(raw))
+    raw["device"] = "cpu" if not torch.cuda.is_available() else raw.get("device", "auto")
+    raw["output"]["dir"] = str(work / f"L{L}")
+    raw["train"]["time_budget"] = float(raw["train"]["time_budget"]) * budget_scale
+    raw["train"]["init_from"] = str(transfer_from) if transfer_from else None
+    raw["train"]["eval_samples"] = 1024 if quick else 2048
+    if quick:
+        raw["hmc"].update(n_traj=200, n_therm=100)
+    cfg = config_from_dict(raw)
+    budget_kind = "GPU-s" if torch.cuda.is_available() else "CPU-s (1 thread)"
+
+    t = time.process_time()
+    hmc_sf = SampleFile(run_hmc(cfg, progress=False))
+    hmc_cpu = float(hmc_sf.attrs.get("cpu_s", time.process_time() - t))
+    rows = {r.name: r for r in analyze_samples(hmc_sf)}
+    n_traj_chains = hmc_sf.n_saved * hmc_sf.n_chains
+    cpu_per_traj = hmc_cpu / n_traj_chains  # thermalisation excluded (cpu_s counts production)
+    tau_hmc_absM = rows["absM"].est.tau_int
+    tau_hmc_M2 = rows["M2"].est.tau_int
+    xi, dxi = xi_from_rows(rows.values())
+
+    res = train_flow(cfg, progress=False)
+    flow = load_flow(Path(cfg.output.dir) / "flow.pt", cfg.lattice.shape,
+                     resolve_device(cfg.device), torch.float32)
+    action = Phi4Action(cfg.action.m2, cfg.action.lam, 2)
+    gen = make_generator(resolve_device(cfg.device), derive_seed(cfg.seed, 0, 77))
+    cpu0 = time.process_time()
+    ev = evaluate_flow(flow, action, eval_samples, 1024 if L <= 32 else 256, gen)
+    cpu_per_proposal = (time.process_time() - cpu0) / eval_samples
+    flow_cost = cpu_per_proposal * 2 * ev["tau_int_M2"]
+    flow_cost_amortised = (cpu_per_proposal + res.train_cpu_s / AMORTISE_SAMPLES) * 2 * ev["tau_int_M2"]
+    hmc_cost = cpu_per_traj * 2 * tau_hmc_M2
+    return {
+        "L": L, "lam": cfg.action.lam, "budget_s": round(res.train_cpu_s, 1), "budget_kind": budget_kind,
+        "train_steps": res.steps, "ess": ev["ess"], "acceptance": ev["acceptance"],
+        "tau_int_absM": ev["tau_int_absM"], "tau_int_M2": ev["tau_int_M2"],
+        "proposals_per_s": ev["proposals_per_s"], "eval_samples": ev["n_samples"],
+        "hmc_tau_int_absM": tau_hmc_absM, "hmc_tau_int_M2": tau_hmc_M2,
+        "hmc_cpu_s_per_traj": cpu_per_traj, "hmc_acceptance": float(hmc_sf.accepted().mean()),
+        "hmc_n_traj": hmc_sf.n_saved, "hmc_chains": hmc_sf.n_chains,
+        "xi": xi, "xi_error": dxi, "xi_target": L / 4,
+        "hmc_cpu_s_per_eff_M2": hmc_cost, "flow_cpu_s_per_eff_M2": flow_cost,
+        "flow_cpu_s_per_eff_M2_amortised": flow_cost_amortised,
+        "cost_ratio_flow_over_hmc": flow_cost / hmc_cost,
+        "cost_ratio_flow_over_hmc_amortised": flow_cost_amortised / hmc_cost,
+        "transfer_from": str(transfer_from) if transfer_from else None,
+    }
+
+
+def markdown(rows: list[dict], hw: dict) -> str:
+    head = ("| L | λ | ξ (HMC) / target | budget | steps | ESS/N | acceptance | τ_int(|M|) flow | "
+            "τ_int(M²) flow | proposals/s | τ_int(|M|) HMC | τ_int(M²) HMC | CPU-s/eff. M² HMC | "
+            "CPU-s/eff. M² flow | flow/HMC | flow/HMC incl. training/10⁶ |")
+    lines = [head, "|" + "---|" * 16]
+    for r in rows:
+        lines.append(
+            f"| {r['L']} | {r['lam']} | {r['xi']:.2f} ± {r['xi_error']:.2f} / {r['xi_target']:.0f} | "
+            f"{r['budget_s']:.0f} {r['budget_kind']} | {r['train_steps']} | {r['ess']:.3f} | "
+            f"{r['acceptance']:.3f} | {r['tau_int_absM']:.2f} | {r['tau_int_M2']:.2f} | "
+            f"{r['proposals_per_s']:.0f} | {r['hmc_tau_int_absM']:.2f} | {r['hmc_tau_int_M2']:.2f} | "
+            f"{r['hmc_cpu_s_per_eff_M2']:.2e} | {r['flow_cpu_s_per_eff_M2']:.2e} | "
+            f"{r['cost_ratio_flow_over_hmc']:.3g} | {r['cost_ratio_flow_over_hmc_amortised']:.3g} |"
+        )
+    lines.append("")
+    lines.append(f"Hardware: {hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), "
+                 f"CUDA: {hw['cuda']}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
+                 "flow cost: CPU-s per proposal x 2 τ_int of the independence chain.")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    Ls = [r["L"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(Ls, [r["acceptance"] for r in rows], "o-", label="Metropolis acceptance")
+    ax.plot(Ls, [r["ess"] for r in rows], "s-", label="ESS/N")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(Ls, [str(L) for L in Ls])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("L  (ξ ≈ L/4)")
+    ax.set_title("flow quality along the E-ladder")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rungs", default="8,12,16", help="comma-separated L values of configs/ladder/")
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply each rung's training budget")
+    p.add_argument("--no-transfer", action="store_true", help="train every rung from scratch")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-samples", type=int, default=10240)
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets and chains")
+    p.add_argument("--work", default=None, help="run folders (default: a temporary folder)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(args.work or f"/tmp/lattice_flows_ladder_{os.getpid()}")
+    work.mkdir(parents=True, exist_ok=True)
+    hw = hardware()
+    print(f"# E-ladder benchmark; hardware: {hw}", flush=True)
+    rows, prev = [], None
+    for L in [int(x) for x in args.rungs.split(",")]:
+        raw = load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml")
+        scale = args.budget_scale * (0.05 if args.quick else 1.0)
+        t0 = time.time()
+        row = run_rung(L, raw, work, scale, None if args.no_transfer else prev, args.quick,
+                       1024 if args.quick else args.eval_samples)
+        row["wall_s"] = time.time() - t0
+        rows.append(row)
+        prev = work / f"L{L}" / "flow.pt"
+        print(f"L={L}: acceptance {row['acceptance']:.3f}, ESS/N {row['ess']:.3f}, xi {row['xi']:.2f} "
+              f"(target {L / 4:.0f}), HMC tau_int(M2) {row['hmc_tau_int_M2']:.2f}, "
+              f"cost ratio flow/HMC {row['cost_ratio_flow_over_hmc']:.3g} [{row['wall_s']:.0f} s]",
+              flush=True)
+    md = markdown(rows, hw)
+    print(md)
+    if not args.quick:
+        res = Path(args.results)
+        res.mkdir(parents=True, exist_ok=True)
+        (res / "ladder.md").write_text("# E-ladder: flow MCMC vs HMC\n\n" + md + "\n")
+        (res / "ladder.json").write_text(json.dumps({"rows": rows, "hardware": hw}, indent=1))
+        plot(rows, res / "ladder.png")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    keys = ("L", "lam", "budget_s", "budget_kind", "ess", "acceptance", "tau_int_absM", "tau_int_M2",
+            "proposals_per_s", "hmc_cpu_s_per_eff_M2", "flow_cpu_s_per_eff_M2")
+    print(json.dumps({"benchmark": "ladder", "rows": [{k: r[k] for k in keys} | {
+        "cost_ratio": r["cost_ratio_flow_over_hmc"],
+        "cost_ratio_amortised": r["cost_ratio_flow_over_hmc_amortised"], "xi": r["xi"]} for r in rows],
+        "hardware": hw}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
