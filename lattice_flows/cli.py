@@ -108,9 +108,19 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from lattice_flows.io.hdf5 import SampleFile
+    from lattice_flows.io.hdf5 import SampleFile, verify_sample_file
 
     sf = SampleFile(args.file)
+    if args.verify:
+        problems = verify_sample_file(args.file)
+        for p in problems:
+            print(f"FAIL {p}")
+        if problems:
+            print(f"{args.file}: {len(problems)} problem(s) found", file=sys.stderr)
+            return 1
+        print(f"OK {args.file}: {sf.n_saved} rows x {sf.n_chains} chains; shapes, chunk "
+              "checksums and actions verified")
+        return 0
     info = dict(sf.attrs)
     info.pop("config", None)
     info["observables"] = sf.observable_names
@@ -163,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--S", type=float, default=1.5, help="Gamma-method windowing parameter S")
     p.set_defaults(func=_cmd_analyze)
 
-    p = sub.add_parser("info", help="metadata of a sample file")
+    p = sub.add_parser("info", help="metadata of a sample file (--verify: check it)")
     p.add_argument("file")
+    p.add_argument("--verify", action="store_true",
+                   help="check shapes, committed row counts and the checksum of every chunk")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
     return parser

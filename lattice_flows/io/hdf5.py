@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -80,6 +81,8 @@ class SampleWriter:
             f.attrs["n_chains"] = self.n_chains
             f.attrs["lattice_shape"] = np.asarray(self.lattice_shape, dtype=np.int64)
             f.attrs["n_saved"] = 0
+            f.create_dataset("chunk_index", shape=(0, 3), maxshape=(None, 3), dtype=np.int64,
+                             chunks=(256, 3))
             for name, (shape, dtype) in self.specs.items():
                 row = (self.n_chains, *shape)
                 itemsize = np.dtype(dtype).itemsize
@@ -112,6 +115,10 @@ class SampleWriter:
             for name in self.specs:
                 if f[name].shape[0] > n_rows:
                     f[name].resize(n_rows, axis=0)
+            if "chunk_index" in f:
+                idx = f["chunk_index"][:]
+                keep = int((idx[:, 1] <= n_rows).sum()) if len(idx) else 0
+                f["chunk_index"].resize(keep, axis=0)
             f.attrs["n_saved"] = min(int(f.attrs["n_saved"]), n_rows)
 
     def append(self, rows: Mapping[str, np.ndarray]) -> int:
@@ -125,10 +132,18 @@ class SampleWriter:
             raise ValueError(f"append: inconsistent row counts {ks}")
         with h5py.File(self.path, "a") as f:
             n0 = int(f.attrs["n_saved"])
-            for name in self.specs:
+            crc = 0
+            for name in sorted(self.specs):
                 d = f[name]
+                block = np.ascontiguousarray(np.asarray(rows[name], dtype=d.dtype))
                 d.resize(n0 + k, axis=0)
-                d[n0 : n0 + k] = np.asarray(rows[name], dtype=d.dtype)
+                d[n0 : n0 + k] = block
+                crc = zlib.crc32(block.tobytes(), crc)
+            if "chunk_index" in f:
+                ci = f["chunk_index"]
+                m = ci.shape[0]
+                ci.resize(m + 1, axis=0)
+                ci[m] = (n0, n0 + k, crc)
             f.flush()
             f.attrs["n_saved"] = n0 + k
             f.flush()
@@ -198,7 +213,9 @@ class SampleFile:
             if k not in self.attrs:
                 raise DataFileError(f"{self.path}: attribute '{k}' is missing.")
         self.observable_names = obs
-        self.extra_names = sorted(n for n in names if n not in ("configs", "action", "accepted", "observables"))
+        self.extra_names = sorted(
+            n for n in names if n not in ("configs", "action", "accepted", "observables", "chunk_index")
+        )
         self.lattice_shape = tuple(int(n) for n in self.attrs["lattice_shape"])
         self.n_chains = int(self.attrs["n_chains"])
 
@@ -240,3 +257,55 @@ class SampleFile:
 
     def observables(self) -> dict[str, np.ndarray]:
         return {n: self.observable(n) for n in self.observable_names}
+
+
+def verify_sample_file(path: str | Path) -> list[str]:
+    """Check a sample file (or each rank file of a merged view): format, shapes, committed row
+    counts, the chunk index covering [0, n_saved), the CRC32 of every committed chunk, and finite
+    actions. Returns the problems found (empty list: the file is sound)."""
+    sf = SampleFile(path)
+    problems: list[str] = []
+    merged = sf.attrs.get("merged_from")
+    if merged:
+        for name in merged:
+            sub = Path(path).parent / name
+            if not sub.exists():
+                problems.append(f"{path}: rank file {sub} of the merged view is missing")
+                continue
+            problems.extend(verify_sample_file(sub))
+        return problems
+    with h5py.File(sf.path, "r") as f:
+        n = sf.n_saved
+        names = []
+        f.visititems(lambda k, o: names.append(k) if isinstance(o, h5py.Dataset) and k != "chunk_index" else None)
+        for name in names:
+            d = f[name]
+            if d.shape[0] < n:
+                problems.append(f"{sf.path}: /{name} has {d.shape[0]} rows < n_saved = {n}")
+            if d.ndim < 2 or d.shape[1] != sf.n_chains:
+                problems.append(f"{sf.path}: /{name} has shape {d.shape}, expected (rows, {sf.n_chains}, ...)")
+        if tuple(f["configs"].shape[2:]) != tuple(sf.lattice_shape):
+            problems.append(f"{sf.path}: /configs lattice {f['configs'].shape[2:]} != attribute {sf.lattice_shape}")
+        if "chunk_index" not in f:
+            problems.append(f"{sf.path}: no chunk index (written by an older version?): checksums not verifiable")
+            return problems
+        idx = f["chunk_index"][:]
+        expect = 0
+        for start, stop, crc in idx:
+            if stop > n:
+                continue  # written after the last commit: not part of the file's content
+            if start != expect:
+                problems.append(f"{sf.path}: chunk index gap: rows {expect}..{start} not covered")
+            data_crc = 0
+            for name in sorted(names):
+                block = np.ascontiguousarray(f[name][start:stop])
+                data_crc = zlib.crc32(block.tobytes(), data_crc)
+            if data_crc != crc:
+                problems.append(f"{sf.path}: rows {start}..{stop}: checksum mismatch (data changed or damaged)")
+            expect = stop
+        if expect != n:
+            problems.append(f"{sf.path}: chunk index covers {expect} rows, n_saved = {n}")
+        act = f["action"][:n]
+        if not np.isfinite(act).all():
+            problems.append(f"{sf.path}: non-finite values in /action")
+    return problems

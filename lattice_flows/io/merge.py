@@ -21,7 +21,9 @@ from lattice_flows.io.hdf5 import SampleFile
 
 def _datasets(f: h5py.File) -> list[str]:
     names: list[str] = []
-    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    f.visititems(
+        lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and n != "chunk_index" else None
+    )
     return names
 
 

@@ -182,3 +182,15 @@ def test_foreign_and_damaged_files_are_refused(tmp_path, capsys):
     assert str(junk) in err and "not HDF5" in err
     assert main(["analyze", str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_info_verify_detects_damage(tmp_path, tiny_hmc_config, capsys):
+    assert main(["hmc", str(tiny_hmc_config), "--no-progress"]) == 0
+    path = tmp_path / "run" / "hmc.h5"
+    assert main(["info", "--verify", str(path)]) == 0
+    assert "OK" in capsys.readouterr().out
+    with h5py.File(path, "a") as f:  # flip one stored value
+        f["configs"][3, 1, 2, 2] += 0.5
+    assert main(["info", "--verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "checksum mismatch" in out and str(path) in out
