@@ -151,6 +151,7 @@ def build_flow(
             equivariant=flow_cfg.equivariant,
             parities=bijection.param_parities,
             bounded=bijection.param_bounded,
+            identity_init=getattr(flow_cfg, "identity_init", True),
         )
         layers.append(CouplingLayer(checkerboard((2,) * ndim, k % 2), conditioner, bijection))
     return Flow(StandardNormalPrior(shape), layers)
@@ -164,13 +165,14 @@ BASELINE_FLOW_CONFIG = FlowConfig(
     activation="leaky_relu",
     fourier_layer=False,
     bijection="affine",
+    identity_init=False,
 )
 
 
 def build_baseline_flow(lattice_shape: tuple[int, ...]) -> Flow:
     """The published tutorial baseline (Albergo et al. 2021, arXiv:2101.08176, Sec. "Affine
     coupling flows"): 16 non-equivariant affine couplings, conv hidden [8, 8], kernel 3,
-    LeakyReLU, final tanh, no Fourier layer. One difference: the last conv starts at zero (the
-    tutorial uses PyTorch's default init), so the fresh flow is the identity.
+    LeakyReLU, final tanh, no Fourier layer, PyTorch's default initialisation of every conv
+    (``identity_init=False``), as in the tutorial.
     """
     return build_flow(BASELINE_FLOW_CONFIG, lattice_shape)
