@@ -146,7 +146,7 @@ class ConvConditioner(nn.Module):
     #: rows per conv call: oneDNN convolutions on CPU slow down sharply beyond ~1024 rows
     #: (measured: 2048 rows cost 6x 1024), so large sampling batches run in chunks. Rows are
     #: independent, so chunking changes nothing but speed.
-    max_rows = 512
+    max_rows = 256
 
     def _net_chunked(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self.max_rows:
