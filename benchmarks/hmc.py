@@ -45,6 +45,7 @@ import time
 import numpy as np
 import torch
 
+from lattice_flows.mcmc.hmc_run import COLD_START_WIDTH  # noqa: E402
 from lattice_flows.mcmc.hmc import HMC, DualAveraging
 from lattice_flows.observables import measure
 from lattice_flows.statistics import gamma_method
@@ -92,7 +93,9 @@ def hardware(threads: int) -> dict:
 def run_one(L: int, n_chains: int, n_tune: int, n_therm: int, n_traj: int, seed: int) -> dict:
     action = Phi4Action(M2, LAM, NDIM)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    phi = torch.randn((n_chains, L, L), generator=gen, dtype=torch.float32)
+    # near-cold start, as the library does (hmc_run.COLD_START_WIDTH): hot N(0,1) starts can
+    # leave chains stuck where the leapfrog is unstable at lam = 8
+    phi = COLD_START_WIDTH * torch.randn((n_chains, L, L), generator=gen, dtype=torch.float32)
     eps0 = 1.0 / N_STEPS  # the library's "auto" starting point (hmc_run._initial_step_size)
     hmc = HMC(action, eps0, N_STEPS, INTEGRATOR, JITTER, gen)
 
