@@ -244,9 +244,22 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
         cpu_used = float(state["cpu_s"])
         nonfinite_total = int(state["nonfinite"])
         rngs = state["rng"]
-        gen.set_state(rngs[rank] if rank < len(rngs) else rngs[0])
-        if data is not None and "data_rng" in state:
-            data.generator.set_state(state["data_rng"][rank])
+        if len(rngs) == size:
+            gen.set_state(rngs[rank])
+            if data is not None and len(state.get("data_rng", [])) == size:
+                data.generator.set_state(state["data_rng"][rank])
+        else:
+            # another number of ranks than at the checkpoint: every rank continues with a fresh,
+            # independent stream (never a copy of another rank's), derived from seed, rank, step
+            gen.manual_seed(derive_seed(cfg.seed, rank, 1, step))
+            if data is not None:
+                data.generator.manual_seed(derive_seed(cfg.seed, rank, 2, step))
+            if is_root:
+                log.warning(
+                    "resuming a training checkpointed with %d rank(s) on %d: the random streams "
+                    "restart from the seed, so the run is valid but not bit-identical to an "
+                    "uninterrupted one", len(rngs), size,
+                )
         if is_root:
             log.info("resuming training in %s at step %d of %d", run_dir, step, tc.steps)
     elif tc.init_from:
