@@ -79,6 +79,10 @@ class World:
     def bcast(self, obj: Any) -> Any:
         return obj if self.comm is None else self.comm.bcast(obj, root=0)
 
+    def sum(self, x: float) -> float:
+        """Sum of a number over the ranks (on every rank)."""
+        return float(x) if self.comm is None else float(self.comm.allreduce(float(x)))
+
     def all_ok(self, ok: bool) -> bool:
         """True on every rank iff ``ok`` is true on every rank."""
         if self.comm is None:
@@ -115,8 +119,11 @@ class World:
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                     s.bind(("", 0))
                     port = s.getsockname()[1]
-                addr = socket.gethostbyname(socket.gethostname()) if self.size > self.local_size \
+                # MASTER_ADDR overrides (clusters where the hostname resolves to 127.0.1.1)
+                addr = os.environ.get("MASTER_ADDR") or (
+                    socket.gethostbyname(socket.gethostname()) if self.size > self.local_size
                     else "127.0.0.1"
+                )
             else:
                 addr, port = None, None
             addr, port = self.comm.bcast((addr, port), root=0)

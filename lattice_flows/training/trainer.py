@@ -411,7 +411,9 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
     if stopped_by_budget and is_root:
         log.info("time budget of %.0f CPU-s reached at step %d", tc.time_budget, step)
 
-    result = TrainResult(run_dir, step, float("nan"), float("nan"), cpu_used, nonfinite_total)
+    # CPU-s of all ranks (cost accounting compares with summed sampling CPU-s)
+    cpu_all = world.sum(cpu_used) if world is not None else cpu_used
+    result = TrainResult(run_dir, step, float("nan"), float("nan"), cpu_all, nonfinite_total)
     if is_root:
         flow.eval()
         eval_gen = make_generator(device, derive_seed(cfg.seed, 0, 3))
