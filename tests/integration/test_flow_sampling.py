@@ -114,17 +114,23 @@ def _flow_vs_hmc(tmp_path, shape, train, sample, hmc_traj=2000):
 
 def test_tutorial_couplings_small_volume_flow_mcmc_agrees_with_hmc(tmp_path):
     """m2 = -4, lam = 8 at L = 4 (fast); the L = 8 tutorial point itself is the slow test below."""
-    _flow_vs_hmc(tmp_path, (4, 4), train={"steps": 250, "batch_size": 128, "eval_samples": 4096},
-                 sample={"n_chains": 64, "n_samples": 800})
+    # the flow must be decent: with ESS ~ 0.15 the rare high-weight configurations are seen too
+    # seldom in a short run, and both flow MCMC and reweighting come out biased low (measured)
+    res = _flow_vs_hmc(tmp_path, (4, 4),
+                       train={"steps": 800, "batch_size": 32, "objective": "path_gradient",
+                              "eval_samples": 4096},
+                       sample={"n_chains": 64, "n_samples": 800})
+    assert res.acceptance > 0.5, res
 
 
 @pytest.mark.slow
 def test_tutorial_point_flow_mcmc_agrees_with_hmc(tmp_path):
     """The tutorial point L = 8, m2 = -4, lam = 8: flow MCMC vs HMC within 3 sigma (Sidak)."""
     res = _flow_vs_hmc(tmp_path, (8, 8),
-                       train={"steps": 100000, "time_budget": 240, "batch_size": 128, "eval_samples": 10240},
+                       train={"steps": 100000, "time_budget": 150, "batch_size": 32,
+                              "objective": "path_gradient", "eval_samples": 10240},
                        sample={"n_chains": 64, "n_samples": 3000}, hmc_traj=3000)
-    assert res.acceptance > 0.3, res
+    assert res.acceptance > 0.6, res
 
 
 def _sample_proc(cfg: Path) -> subprocess.Popen:
