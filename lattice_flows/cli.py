@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     from lattice_flows.io.checkpoint import CheckpointError
     from lattice_flows.io.hdf5 import DataFileError
     from lattice_flows.io.lock import RunLockedError
+    from lattice_flows.mcmc.flow_run import SamplingError
     from lattice_flows.training.trainer import TrainingError
 
     global _WORLD
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as exc:
         print(f"lattice-flows {args.command}: {exc}", file=sys.stderr)
         return 128 + exc.signum
-    except (ConfigError, DataFileError, CheckpointError, RunLockedError, TrainingError) as exc:
+    except (ConfigError, DataFileError, CheckpointError, RunLockedError, TrainingError,
+            SamplingError) as exc:
         print(f"lattice-flows {args.command}: error: {exc}", file=sys.stderr)
         _abort_world(2)
         return 2

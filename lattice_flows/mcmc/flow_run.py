@@ -43,6 +43,10 @@ from lattice_flows.signals import StopRequested, stop_requested
 from lattice_flows.theory.phi4 import Phi4Action
 
 SAMPLES_NAME = {"mcmc": "samples.h5", "importance": "importance.h5"}
+
+
+class SamplingError(RuntimeError):
+    """Production cannot continue without corrupting a chain; the message says why."""
 CHECKPOINT_NAME = {"mcmc": "samples.ckpt", "importance": "importance.ckpt"}
 
 
@@ -202,6 +206,13 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
             n_nonfinite += int((~accepted).sum())
             block = {"phi": phi, "action": s, "log_q": lq, "log_w": lw}
         cur = {name: v[-1] for name, v in block.items()}
+        if mode == "mcmc" and not bool(torch.isfinite(cur["log_w"]).all()):
+            bad = torch.nonzero(~torch.isfinite(cur["log_w"])).flatten().tolist()
+            raise SamplingError(
+                f"{flow_path}: the flow produced no finite proposal (log q or the action is "
+                f"nan/inf) for chains {bad[:8]} in {step + k} steps; nothing was written for "
+                "them. The flow is broken: retrain it or check sample.flow."
+            )
         # accepted-since-last-save flags and the rows to save in this block
         steps = torch.arange(step + 1, step + k + 1, device=device)
         save_at = (steps % save_every == 0).nonzero().flatten()
