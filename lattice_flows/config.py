@@ -27,7 +27,9 @@ _REQUIRED = object()
 
 
 def _fmt(value: Any) -> str:
-    return repr(value) if not isinstance(value, str) else f"'{value}'"
+    """The value as it appears in messages: repr, so control characters stay on one line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)

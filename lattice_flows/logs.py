@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 
@@ -16,13 +17,16 @@ def setup_logging(verbose: bool = False, rank: int = 0, logfile: Path | None = N
         f"%(asctime)s {socket.gethostname()}:{os.getpid()} r{rank} %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
-    if not any(getattr(h, "_lf", False) for h in logger.handlers):
-        h = logging.StreamHandler()
-        h.setFormatter(fmt)
-        h._lf = True  # type: ignore[attr-defined]
-        if rank != 0 and not verbose:
-            h.setLevel(logging.WARNING)
-        logger.addHandler(h)
+    # replace the handlers of an earlier call (another run folder, a closed stream)
+    for old in [h for h in logger.handlers if getattr(h, "_lf", False)]:
+        logger.removeHandler(old)
+        old.close()
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(fmt)
+    h._lf = True  # type: ignore[attr-defined]
+    if rank != 0 and not verbose:
+        h.setLevel(logging.WARNING)
+    logger.addHandler(h)
     if logfile is not None:
         fh = logging.FileHandler(logfile)
         fh.setFormatter(fmt)

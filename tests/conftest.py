@@ -63,3 +63,16 @@ def family_sigma(n_checks: int, single: float = 3.0) -> float:
     p_single = 2 * norm.sf(single)
     p_each = 1 - (1 - p_single) ** (1 / n_checks)
     return float(norm.isf(p_each / 2))
+
+
+@pytest.fixture(autouse=True)
+def _detach_lattice_flows_log_handlers():
+    """In-process CLI calls attach log handlers to the (captured) stderr of their test; drop
+    them afterwards so later tests never write to a closed stream."""
+    yield
+    import logging
+
+    logger = logging.getLogger("lattice_flows")
+    for h in [h for h in logger.handlers if getattr(h, "_lf", False)]:
+        logger.removeHandler(h)
+        h.close()
