@@ -44,7 +44,8 @@ bad_values = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(target=st.sampled_from(KEYS + [("bogus_section", None), ("hmc", "bogus_key")]), value=bad_values)
 def test_malformed_values_are_refused_with_the_key(tmp_path, target, value):
     raw = copy.deepcopy(VALID)
@@ -73,7 +74,7 @@ def test_malformed_values_are_refused_with_the_key(tmp_path, target, value):
     assert cfg is not None
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(section=st.sampled_from(["lattice", "action", "hmc", "flow", "train", "sample", "output"]))
 def test_missing_or_non_mapping_sections(section):
     raw = copy.deepcopy(VALID)
