@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lattice_flows.config import config_from_dict, load_raw  # noqa: E402
+from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.flows import BASELINE_FLOW_CONFIG, build_flow  # noqa: E402
 from lattice_flows.mcmc.metropolis import accept_reject  # noqa: E402
 from lattice_flows.statistics import effective_sample_size, gamma_method  # noqa: E402
@@ -173,15 +174,7 @@ def train_and_measure(flow: dict, train: dict, budget: float, seed: int, out_dir
 
 
 def hardware() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version()}
 
 

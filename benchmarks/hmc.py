@@ -45,6 +45,7 @@ import time
 import numpy as np
 import torch
 
+from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.mcmc.hmc_run import COLD_START_WIDTH  # noqa: E402
 from lattice_flows.mcmc.hmc import HMC, DualAveraging
 from lattice_flows.observables import measure
@@ -60,17 +61,6 @@ N_STEPS, JITTER, INTEGRATOR, TARGET_ACC = 10, 0.5, "leapfrog", 0.8
 # and the quick ones ~30 s. tau_int is O(1-3) trajectories here, so n_traj >> tau_int.
 FULL = {8: (1000, 500, 80000), 16: (1000, 500, 80000), 32: (1000, 500, 80000)}
 QUICK = {8: (300, 100, 8000), 16: (300, 100, 8000), 32: (300, 100, 8000)}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def hardware(threads: int) -> dict:

@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -38,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.analysis import analyze_samples  # noqa: E402
 from lattice_flows.config import config_from_dict, load_raw  # noqa: E402
 from lattice_flows.devices import resolve_device  # noqa: E402
@@ -52,17 +52,8 @@ AMORTISE_SAMPLES = 1_000_000
 
 
 def hardware() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    return out
+    return {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def xi_from_rows(rows) -> tuple[float, float]:

@@ -130,14 +130,9 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _hardware() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from _hardware import cpu_model  # benchmarks/ is on sys.path
+
+    model = cpu_model()
     import torch
 
     try:

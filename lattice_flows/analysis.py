@@ -132,20 +132,24 @@ def cost_per_effective_sample(est: Estimate, n_samples: int, cpu_s: float) -> fl
 
 def compare(files: list[Path], names: list[str] | None = None, discard: int = 0,
             observables: tuple[str, ...] = ("absM", "M2", "chi2", "E", "action_density", "U4", "G[0]"),
-            extra_cpu: dict[int, float] | None = None) -> dict:
+            extra_cpu: dict[int, float] | None = None,
+            rows: list[list[Row]] | None = None) -> dict:
     """Compare runs: per observable the values, the z-score of each run against the first,
     the ratio of tau_int and of CPU-seconds per effective sample (relative to the first).
 
-    ``extra_cpu[i]`` adds CPU-seconds (e.g. flow training) to run i's cost.
+    ``extra_cpu[i]`` adds CPU-seconds (e.g. flow training) to run i's cost; ``rows[i]``, when
+    given, is run i's :func:`analyze_samples` table (computed with the same ``discard``), so a
+    caller that already has it does not repeat the Gamma-method analysis.
     """
     runs = []
     for i, path in enumerate(files):
         sf = SampleFile(path)
-        rows = {r.name: r.est for r in analyze_samples(sf, discard=discard)}
+        table_i = rows[i] if rows is not None else analyze_samples(sf, discard=discard)
+        by_name = {r.name: r.est for r in table_i}
         cpu = float(sf.attrs.get("cpu_s", float("nan"))) + (extra_cpu or {}).get(i, 0.0)
         runs.append({"name": (names or [])[i] if names and i < len(names) else str(path),
                      "file": str(path), "kind": sf.attrs.get("kind"), "cpu_s": cpu,
-                     "n": (sf.n_saved - discard) * sf.n_chains, "rows": rows})
+                     "n": (sf.n_saved - discard) * sf.n_chains, "rows": by_name})
     table = []
     ref = runs[0]
     for obs in observables:

@@ -52,15 +52,17 @@ def run_pipeline(cfg: Config, progress: bool = True, world=None) -> str:
     t = time.perf_counter()
     parts = []
     out = {"train": res.as_dict(), "files": {}}
+    tables = []
     for name, f in zip(names, files):
         sf = SampleFile(f)
         rows = analyze_samples(sf)
-        parts.append(format_table(rows, f"## {name}: {f}"))
+        tables.append(rows)
+        parts.append(format_table(rows, f"## {name}: {f}", sf.n_saved))
         out["files"][name] = {"file": str(f), "observables": [r.as_dict() for r in rows]}
     report = "\n\n".join(parts)
     if len(files) > 1:
-        cmp = compare(files, names, extra_cpu={0: 0.0})
-        cmp_amortised = compare(files, names, extra_cpu={0: res.train_cpu_s})
+        cmp = compare(files, names, rows=tables)
+        cmp_amortised = compare(files, names, extra_cpu={0: res.train_cpu_s}, rows=tables)
         text = ("## flow vs HMC (sampling cost only)\n\n" + format_comparison(cmp)
                 + "\n\n## flow vs HMC (flow training cost included)\n\n" + format_comparison(cmp_amortised))
         (run_dir / "comparison.md").write_text(text + "\n")

@@ -107,10 +107,6 @@ def observable_specs(lattice_shape: tuple[int, ...], store_G: bool) -> dict[str,
     return specs
 
 
-def rng_state(gen: torch.Generator) -> torch.Tensor:
-    return gen.get_state().clone()
-
-
 def production_paths(run_dir: Path, base: str, world) -> tuple[Path, Path]:
     """(samples file, checkpoint) of this rank: ``<base>.h5``/``<base>.ckpt`` for one rank,
     ``<base>.rank<NNNN>.h5``/``.ckpt`` for several (the merged view is then ``<base>.h5``).

@@ -213,26 +213,25 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
                 f"nan/inf) for chains {bad[:8]} in {step + k} steps; nothing was written for "
                 "them. The flow is broken: retrain it or check sample.flow."
             )
-        # accepted-since-last-save flags and the rows to save in this block
+        # accepted-since-last-save flags: any acceptance within each save group (groups of
+        # save_every steps; the first one may have begun in an earlier block: pending_acc)
         steps = torch.arange(step + 1, step + k + 1, device=device)
         save_at = (steps % save_every == 0).nonzero().flatten()
+        group = torch.div(steps - 1, save_every, rounding_mode="floor")
+        group -= group[0].clone()
+        counts = torch.zeros(int(group[-1]) + 1, n_chains, dtype=torch.int64, device=device)
+        counts.index_add_(0, group, accepted.long())
+        counts[0] += pending_acc.long()
+        any_acc = counts > 0
+        pending_acc = any_acc[-1] if int(steps[-1]) % save_every else torch.zeros_like(pending_acc)
         if save_at.numel():
-            group = torch.div(steps - 1, save_every, rounding_mode="floor")
-            flags = []
-            for j in save_at.tolist():
-                same = (group == group[j]) & (torch.arange(k, device=device) <= j)
-                f = accepted[same].any(dim=0)
-                if j == int(save_at[0]):
-                    f = f | pending_acc
-                flags.append(f)
             sel = {name: v[save_at] for name, v in block.items()}
-            flat_phi = sel["phi"].reshape(-1, *shape)
-            obs = measure(flat_phi, action, cfg.output.store_G)
             n_sel = save_at.numel()
+            obs = measure(sel["phi"].reshape(-1, *shape), action, cfg.output.store_G)
             rows = {
                 "configs": sel["phi"].to(torch.float32).cpu().numpy(),
                 "action": sel["action"].cpu().numpy(),
-                "accepted": torch.stack(flags).cpu().numpy(),
+                "accepted": any_acc[group[save_at]].cpu().numpy(),
                 "log_q": sel["log_q"].cpu().numpy(),
                 "log_w": sel["log_w"].cpu().numpy(),
             }
@@ -240,11 +239,6 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
                          for n, v in obs.items()})
             for j in range(n_sel):
                 buf.add({n: v[j] for n, v in rows.items()})
-            last_saved = int(save_at[-1])
-            tail = accepted[last_saved + 1:]
-            pending_acc = tail.any(dim=0) if tail.shape[0] else torch.zeros_like(pending_acc)
-        else:
-            pending_acc = pending_acc | accepted.any(dim=0)
         step += k
         bar.update(k)
         at_end = step >= total_steps

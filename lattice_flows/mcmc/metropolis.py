@@ -72,20 +72,11 @@ def accept_reject(
 
 def acceptance_rate(log_w: torch.Tensor, generator: torch.Generator | None = None) -> float:
     """Acceptance of one independence-Metropolis chain run over ``log_w`` in the given order
-    (the flow-quality figure of CONVENTIONS.md; use >= 10,240 samples). The first sample only
-    initialises the chain; non-finite log-weights are always rejected."""
-    lw = log_w.detach().reshape(-1).to(torch.float64).cpu()
-    if lw.numel() < 2:
+    (the flow-quality figure of CONVENTIONS.md; use >= 10,240 samples)."""
+    if log_w.numel() < 2:
         return float("nan")
-    log_u = torch.log(torch.rand(lw.shape, generator=generator, dtype=torch.float64)).tolist()
-    values = lw.tolist()
-    cur = -math.inf
-    n_acc = 0
-    for k, (x, lu) in enumerate(zip(values, log_u)):
-        if math.isfinite(x) and (cur == -math.inf or lu < x - cur):
-            cur = x
-            n_acc += k > 0
-    return n_acc / (len(values) - 1)
+    _, n_acc = independence_chain_indices(log_w, generator)
+    return n_acc / (log_w.numel() - 1)
 
 
 def independence_chain_indices(log_w: torch.Tensor, generator: torch.Generator | None = None

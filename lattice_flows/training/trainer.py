@@ -154,7 +154,7 @@ def evaluate_flow(flow: Flow, action: Phi4Action, n_samples: int, batch_size: in
     cpu_gen = torch.Generator().manual_seed(
         int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
     )
-    idx, n_acc = independence_chain_indices(lw, cpu_gen)
+    idx, n_acc = independence_chain_indices(lw, cpu_gen)  # acceptance_rate, plus the chain
     chain_M = M[torch.tensor(idx).clamp(min=0)].numpy()
     finite = torch.isfinite(lw)
     out = {
