@@ -18,6 +18,7 @@ Output: a markdown table and a plot of acceptance and ESS versus L in benchmarks
     python benchmarks/ladder.py                       # rungs 8,12,16 with their budgets
     python benchmarks/ladder.py --rungs 8,12,16,20,32 --budget-scale 1.0
     python benchmarks/ladder.py --quick               # smoke test: tiny budgets
+    python benchmarks/ladder.py --rungs 20,32 --append  # add rungs to the committed table
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets and chains")
     p.add_argument("--work", default=None, help="run folders (default: a temporary folder)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--append", action="store_true",
+                   help="merge these rungs into the existing results/ladder.json (rows of other L kept)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -193,10 +196,14 @@ def main() -> int:
               f"(target {L / 4:.0f}), HMC tau_int(M2) {row['hmc_tau_int_M2']:.2f}, "
               f"cost ratio flow/HMC {row['cost_ratio_flow_over_hmc']:.3g} [{row['wall_s']:.0f} s]",
               flush=True)
+    res = Path(args.results)
+    if args.append and (res / "ladder.json").exists():
+        kept = [r for r in json.loads((res / "ladder.json").read_text())["rows"]
+                if r["L"] not in {row["L"] for row in rows}]
+        rows = sorted(kept + rows, key=lambda r: r["L"])
     md = markdown(rows, hw)
     print(md)
     if not args.quick:
-        res = Path(args.results)
         res.mkdir(parents=True, exist_ok=True)
         (res / "ladder.md").write_text("# E-ladder: flow MCMC vs HMC\n\n" + md + "\n")
         (res / "ladder.json").write_text(json.dumps({"rows": rows, "hardware": hw}, indent=1))
