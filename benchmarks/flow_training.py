@@ -55,7 +55,6 @@ import time  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lattice_flows.config import config_from_dict, load_raw  # noqa: E402

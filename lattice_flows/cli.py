@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from lattice_flows.config import ConfigError
     from lattice_flows.io.checkpoint import CheckpointError
+    from lattice_flows.io.atomic import StorageError
     from lattice_flows.io.hdf5 import DataFileError
     from lattice_flows.io.lock import RunLockedError
     from lattice_flows.mcmc.flow_run import SamplingError
@@ -209,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataFileError, CheckpointError, RunLockedError, TrainingError,
             SamplingError) as exc:
         print(f"lattice-flows {args.command}: error: {exc}", file=sys.stderr)
+        _abort_world(2)
+        return 2
+    except StorageError as exc:
+        print(f"lattice-flows {args.command}: error: {exc}", file=sys.stderr)
+        _abort_world(2)
+        return 2
+    except OSError as exc:  # e.g. a read-only or vanished run folder, a lock or log file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lattice-flows {args.command}: error: {where}{exc.strerror or exc}. Data committed "
+              "before stays valid; fix the folder (space, permissions) and rerun the same command.",
+              file=sys.stderr)
         _abort_world(2)
         return 2
     except KeyboardInterrupt:

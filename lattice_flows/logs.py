@@ -9,6 +9,17 @@ import sys
 from pathlib import Path
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A run-folder log file that stops itself (one line on stderr) when writing fails, e.g. on
+    a full disk, instead of printing a traceback per message: the command then reports the
+    failed write of its data with a clear error."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging API)
+        logging.getLogger("lattice_flows").removeHandler(self)
+        sys.stderr.write(f"lattice-flows: cannot write the log file {self.baseFilename}; "
+                         "logging to it stopped\n")
+
+
 def setup_logging(verbose: bool = False, rank: int = 0, logfile: Path | None = None) -> None:
     """Configure the ``lattice_flows`` logger; messages carry host and rank."""
     logger = logging.getLogger("lattice_flows")
@@ -28,7 +39,7 @@ def setup_logging(verbose: bool = False, rank: int = 0, logfile: Path | None = N
         h.setLevel(logging.WARNING)
     logger.addHandler(h)
     if logfile is not None:
-        fh = logging.FileHandler(logfile)
+        fh = _QuietFileHandler(logfile)
         fh.setFormatter(fmt)
         fh._lf = True  # type: ignore[attr-defined]
         logger.addHandler(fh)

@@ -6,11 +6,14 @@ code. Contents must therefore be tensors, numbers, strings, lists, tuples and di
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lattice_flows.faults import fault_point
+from lattice_flows.io.atomic import commit_file, storage_errors
 
 
 class CheckpointError(ValueError):
@@ -21,19 +24,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` atomically: a reader sees the old or the new checkpoint, never half."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getbuffer()
+    with storage_errors(path, cleanup=tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fault_point("checkpoint")
+            fh.write(data[len(data) // 2 :])
+        commit_file(tmp, path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

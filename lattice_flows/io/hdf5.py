@@ -1,27 +1,37 @@
-"""The HDF5 layout of sample files (HMC chains, flow chains), a chunked writer and a reader.
+"""The HDF5 layout of sample files (HMC chains, flow chains), a crash-atomic writer and a reader.
 
-Layout (format ``lattice_flows.samples``, version 1; documented in README "HDF5 output")::
+Layout (format ``lattice_flows.samples``, version 2; documented in README "HDF5 output")::
 
-    attrs:  format, format_version, kind ('hmc' | 'flow-mcmc' | ...), package_version,
-            config (resolved YAML text), seed, hostname, git_commit, created, mpi_size, rank,
-            lattice_shape, n_chains, m2, lam, n_saved (rows committed)
-    /configs               (n_saved, n_chains, *lattice)  float32, chunked + gzip
-    /action                (n_saved, n_chains)            float64
-    /accepted              (n_saved, n_chains)            bool
-    /observables/<name>    (n_saved, n_chains, *shape)    float64 (G: float32)
-    /<extra>               (n_saved, n_chains)            e.g. log_q, log_w for flow chains
+    <name>.h5                  the file users open: attributes and one dataset per quantity
+        attrs:  format, format_version, kind ('hmc' | 'flow-mcmc' | ...), package_version,
+                config (resolved YAML text), seed, hostname, git_commit, created, mpi_size,
+                rank, lattice_shape, n_chains, m2, lam, n_saved (rows committed), parts_dir
+        /configs               (n_saved, n_chains, *lattice)  float32
+        /action                (n_saved, n_chains)            float64
+        /accepted              (n_saved, n_chains)            bool
+        /observables/<name>    (n_saved, n_chains, *shape)    float64 (G: float32)
+        /<extra>               (n_saved, n_chains)            e.g. log_q, log_w for flow chains
+        /chunk_index           (n_parts, 4) int64: start, stop, CRC32, level of each part
+    <name>.h5.parts/L<level>_<start>-<stop>.h5   the rows [start, stop) of every dataset
 
-Rows are committed in chunks: the writer appends rows, flushes, and only then raises the
-attribute ``n_saved``. Datasets may be longer than ``n_saved`` after a crash; the reader never
-returns rows beyond ``n_saved`` and a resumed writer truncates them. Attributes are parsed,
-never evaluated.
+The datasets of ``<name>.h5`` are HDF5 virtual datasets over the part files (any HDF5 reader,
+h5py included, reads them as ordinary arrays; keep the ``.parts`` folder beside the file).
+
+Crash atomicity: no file is ever modified in place. A commit writes a new part file under a
+temporary name, fsyncs and renames it, then writes the new ``<name>.h5`` the same way; the
+rename is the commit. A process killed at any instant (SIGKILL, node failure) therefore leaves
+every file openable, and a reader sees the rows of the previous or of the new commit, never a
+half-written row. Leftovers of an interrupted commit (``*.tmp``, parts no index refers to) are
+removed by the next writer of the run (which holds the run lock). Parts are merged in groups of
+``MERGE_FAN_IN`` so a long run keeps a few dozen files. Version-1 files (one file written in
+place) are still read. Attributes are parsed, never evaluated.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import math
-import os
 import zlib
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,8 +39,15 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
+from lattice_flows.faults import fault_point
+from lattice_flows.io.atomic import commit_file, storage_errors
+
 FORMAT_NAME = "lattice_flows.samples"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PART_FORMAT = "lattice_flows.samples.part"
+MERGE_FAN_IN = 16  # parts of one level merged into one part of the next level
+MERGE_MAX_BYTES = 256 << 20  # larger parts are not merged further (merging is done in memory)
+_COPY_BYTES = 64 << 20  # rows copied per slice while merging
 
 
 class DataFileError(ValueError):
@@ -41,16 +58,36 @@ def _chunk_rows(row_bytes: int, target: int = 1 << 20) -> int:
     return max(1, min(1024, target // max(1, row_bytes)))
 
 
+def _write_bytes(tmp: Path, data: memoryview, point: str) -> None:
+    """Write an HDF5 file built in memory. Building in memory keeps the HDF5 library away from
+    the disk: a failed write (disk full) is a plain OSError, with no half-flushed HDF5 state."""
+    with open(tmp, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+        fault_point(point)
+        fh.write(data[len(data) // 2 :])
+
+
+def part_name(level: int, start: int, stop: int) -> str:
+    return f"L{int(level)}_{int(start):012d}-{int(stop):012d}.h5"
+
+
+def parts_dir_of(path: Path) -> Path:
+    return path.with_name(path.name + ".parts")
+
+
 class SampleWriter:
-    """Append-only writer of a sample file; every :meth:`append` opens, writes, commits, closes.
+    """Append-only, crash-atomic writer of a sample file (format version 2, see module doc).
 
     Args:
-        path: the HDF5 file.
-        attrs: file attributes (provenance, config text, ...); written at creation.
+        path: the HDF5 file users open (``<name>.h5``).
+        attrs: file attributes (provenance, config text, ...); those of an existing file are kept.
         n_chains: number of chains (columns of every dataset).
         lattice_shape: extents of the lattice.
         row_specs: ``name -> (per-chain shape, dtype)`` of every dataset other than
             ``configs``; names with a ``/`` go to groups (``observables/M``).
+
+    The writer must be the only one of its run (the run lock guarantees it): opening an existing
+    file removes leftovers of an interrupted commit.
     """
 
     def __init__(
@@ -62,67 +99,150 @@ class SampleWriter:
         row_specs: Mapping[str, tuple[tuple[int, ...], Any]],
     ) -> None:
         self.path = Path(path)
+        self.parts_dir = parts_dir_of(self.path)
         self.n_chains = n_chains
         self.lattice_shape = tuple(lattice_shape)
         specs = {"configs": (self.lattice_shape, np.float32)}
         specs.update(row_specs)
-        self.specs = specs
-        if not self.path.exists():
-            self._create(attrs)
+        self.specs = {k: (tuple(shape), np.dtype(dt)) for k, (shape, dt) in specs.items()}
+        self.index: list[tuple[int, int, int, int]] = []  # (start, stop, crc, level)
+        if self.path.exists():
+            self._open_existing()
+        else:
+            self.attrs = {k: ("" if v is None else v) for k, v in attrs.items()}
+            self.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            with storage_errors(self.parts_dir):
+                self.parts_dir.mkdir(parents=True, exist_ok=True)
+            self._write_master()
+        with storage_errors(self.parts_dir):
+            self._clean_leftovers()
 
-    def _create(self, attrs: Mapping[str, Any]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-            for k, v in attrs.items():
-                f.attrs[k] = "" if v is None else v
-            f.attrs["n_chains"] = self.n_chains
-            f.attrs["lattice_shape"] = np.asarray(self.lattice_shape, dtype=np.int64)
-            f.attrs["n_saved"] = 0
-            f.create_dataset("chunk_index", shape=(0, 3), maxshape=(None, 3), dtype=np.int64,
-                             chunks=(256, 3))
-            for name, (shape, dtype) in self.specs.items():
-                row = (self.n_chains, *shape)
-                itemsize = np.dtype(dtype).itemsize
-                rows = _chunk_rows(itemsize * math.prod(row))
-                f.create_dataset(
-                    name,
-                    shape=(0, *row),
-                    maxshape=(None, *row),
-                    dtype=dtype,
-                    chunks=(rows, *row),
-                    compression="gzip" if name == "configs" or name.endswith("/G") else None,
-                    compression_opts=4 if name == "configs" or name.endswith("/G") else None,
-                    shuffle=name == "configs" or name.endswith("/G"),
+    # -- state -----------------------------------------------------------------------------
+    def _open_existing(self) -> None:
+        try:
+            with h5py.File(self.path, "r") as f:
+                attrs = dict(f.attrs)
+                idx = f["chunk_index"][:] if "chunk_index" in f else np.zeros((0, 3), np.int64)
+        except OSError as exc:
+            raise DataFileError(f"{self.path}: cannot be opened as HDF5 ({exc}).") from None
+        version = attrs.get("format_version")
+        if attrs.get("format") != FORMAT_NAME:
+            raise DataFileError(f"{self.path}: not a lattice_flows sample file; refusing to extend it.")
+        if version != FORMAT_VERSION:
+            raise DataFileError(
+                f"{self.path}: written in format version {version}; this version appends to "
+                f"version {FORMAT_VERSION} files only. Start a new run folder (the old file stays "
+                "readable)."
+            )
+        if int(attrs.get("n_chains", -1)) != self.n_chains or tuple(
+            int(n) for n in attrs.get("lattice_shape", ())
+        ) != self.lattice_shape:
+            raise DataFileError(
+                f"{self.path}: holds {attrs.get('n_chains')} chains on lattice "
+                f"{tuple(attrs.get('lattice_shape', ()))}, this run has {self.n_chains} chains on "
+                f"{self.lattice_shape}; refusing to extend it."
+            )
+        for k in ("format", "format_version", "n_saved", "n_chains", "lattice_shape", "parts_dir"):
+            attrs.pop(k, None)
+        self.attrs = attrs
+        self.index = [tuple(int(v) for v in row) for row in idx]  # type: ignore[misc]
+        for start, stop, _, level in self.index:
+            if not (self.parts_dir / part_name(level, start, stop)).exists():
+                raise DataFileError(
+                    f"{self.path}: part file {self.parts_dir / part_name(level, start, stop)} "
+                    f"(rows {start}..{stop}) is missing; refusing to extend a damaged file."
                 )
-        os.replace(tmp, self.path)
 
-    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
-        """Update file attributes (e.g. cumulative CPU-seconds, acceptance) after a chunk."""
-        with h5py.File(self.path, "a") as f:
-            for k, v in attrs.items():
-                f.attrs[k] = "" if v is None else v
+    def _clean_leftovers(self) -> None:
+        keep = {part_name(lv, a, b) for a, b, _, lv in self.index}
+        for p in self.parts_dir.iterdir():
+            if p.name not in keep:
+                p.unlink()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        if tmp.exists():
+            tmp.unlink()
 
     def n_saved(self) -> int:
-        with h5py.File(self.path, "r") as f:
-            return int(f.attrs["n_saved"])
+        return self.index[-1][1] if self.index else 0
 
-    def truncate(self, n_rows: int) -> None:
-        """Drop rows beyond ``n_rows`` (rows written after the last checkpoint)."""
-        with h5py.File(self.path, "a") as f:
-            for name in self.specs:
-                if f[name].shape[0] > n_rows:
-                    f[name].resize(n_rows, axis=0)
-            if "chunk_index" in f:
-                idx = f["chunk_index"][:]
-                keep = int((idx[:, 1] <= n_rows).sum()) if len(idx) else 0
-                f["chunk_index"].resize(keep, axis=0)
-            f.attrs["n_saved"] = min(int(f.attrs["n_saved"]), n_rows)
+    # -- files -----------------------------------------------------------------------------
+    def _write_master(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with storage_errors(self.path, cleanup=tmp):
+            _write_bytes(tmp, self._master_bytes(), "master")
+            commit_file(tmp, self.path)
 
-    def append(self, rows: Mapping[str, np.ndarray]) -> int:
-        """Append a block of rows (each array ``(k, n_chains, *shape)``); returns the new n_saved."""
+    def _master_bytes(self) -> memoryview:
+        n = self.n_saved()
+        bio = io.BytesIO()
+        with h5py.File(bio, "w") as f:
+            for k, v in self.attrs.items():
+                f.attrs[k] = v
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["n_chains"] = self.n_chains
+            f.attrs["lattice_shape"] = np.asarray(self.lattice_shape, dtype=np.int64)
+            f.attrs["n_saved"] = n
+            f.attrs["parts_dir"] = self.parts_dir.name
+            f.create_dataset("chunk_index", data=np.asarray(self.index, dtype=np.int64).reshape(-1, 4))
+            for name, (shape, dtype) in self.specs.items():
+                row = (self.n_chains, *shape)
+                if n == 0:
+                    f.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=dtype)
+                    continue
+                layout = h5py.VirtualLayout(shape=(n, *row), dtype=dtype)
+                for start, stop, _, level in self.index:
+                    src = h5py.VirtualSource(
+                        f"{self.parts_dir.name}/{part_name(level, start, stop)}", name,
+                        shape=(stop - start, *row), dtype=dtype,
+                    )
+                    layout[start:stop] = src
+                fill = np.nan if np.issubdtype(dtype, np.floating) else 0
+                f.create_virtual_dataset(name, layout, fillvalue=fill)
+        return bio.getbuffer()
+
+    def _part_paths(self, level: int, start: int, stop: int) -> tuple[Path, Path]:
+        path = self.parts_dir / part_name(level, start, stop)
+        return path, path.with_name(path.name + ".tmp")
+
+    def _new_part(self, target: io.BytesIO, level: int, start: int, stop: int) -> h5py.File:
+        f = h5py.File(target, "w")
+        f.attrs["format"] = PART_FORMAT
+        f.attrs["start"], f.attrs["stop"], f.attrs["level"] = start, stop, level
+        for name, (shape, dtype) in self.specs.items():
+            row = (self.n_chains, *shape)
+            gz = name == "configs" or name.endswith("/G")
+            rows = min(stop - start, _chunk_rows(dtype.itemsize * math.prod(row)))
+            f.create_dataset(name, shape=(stop - start, *row), dtype=dtype, chunks=(max(1, rows), *row),
+                             compression="gzip" if gz else None, compression_opts=4 if gz else None,
+                             shuffle=gz)
+        return f
+
+    def _write_part(self, level: int, start: int, rows: Mapping[str, np.ndarray]) -> tuple[int, int, int, int]:
+        k = next(iter(rows.values())).shape[0]
+        path, tmp = self._part_paths(level, start, start + k)
+        crc = 0
+        bio = io.BytesIO()
+        with self._new_part(bio, level, start, start + k) as f:
+            for name in sorted(self.specs):
+                block = np.ascontiguousarray(np.asarray(rows[name], dtype=self.specs[name][1]))
+                f[name][...] = block
+                crc = zlib.crc32(block.tobytes(), crc)
+            f.attrs["crc32"] = crc
+        with storage_errors(path, cleanup=tmp):
+            _write_bytes(tmp, bio.getbuffer(), "part")
+            commit_file(tmp, path)
+        return (start, start + k, crc, level)
+
+    # -- operations ------------------------------------------------------------------------
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Update file attributes (e.g. cumulative CPU-seconds, acceptance); one atomic commit."""
+        self.attrs.update({k: ("" if v is None else v) for k, v in attrs.items()})
+        self._write_master()
+
+    def append(self, rows: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None) -> int:
+        """Append a block of rows (each array ``(k, n_chains, *shape)``) and optionally update
+        attributes, in one atomic commit; returns the new n_saved."""
         missing = set(self.specs) - set(rows)
         if missing:
             raise ValueError(f"append: missing datasets {sorted(missing)}")
@@ -130,24 +250,87 @@ class SampleWriter:
         k = next(iter(ks.values()))
         if any(v != k for v in ks.values()):
             raise ValueError(f"append: inconsistent row counts {ks}")
-        with h5py.File(self.path, "a") as f:
-            n0 = int(f.attrs["n_saved"])
-            crc = 0
+        if k == 0:
+            if attrs:
+                self.set_attrs(attrs)
+            return self.n_saved()
+        self.index.append(self._write_part(0, self.n_saved(), {n: rows[n] for n in self.specs}))
+        if attrs:
+            self.attrs.update({a: ("" if v is None else v) for a, v in attrs.items()})
+        self._write_master()
+        self._merge_tail()
+        return self.n_saved()
+
+    def _merge_tail(self) -> None:
+        """Merge the last MERGE_FAN_IN parts when they share a level and hold at most
+        MERGE_MAX_BYTES (uncompressed): merging happens in memory."""
+        row_bytes = sum(dt.itemsize * self.n_chains * math.prod(sh) for sh, dt in self.specs.values())
+        while len(self.index) >= MERGE_FAN_IN:
+            tail = self.index[-MERGE_FAN_IN:]
+            level = tail[-1][3]
+            if any(p[3] != level for p in tail) or (tail[-1][1] - tail[0][0]) * row_bytes > MERGE_MAX_BYTES:
+                return
+            merged = self._merge(tail, level + 1)
+            old = [self.parts_dir / part_name(lv, a, b) for a, b, _, lv in tail]
+            self.index[-MERGE_FAN_IN:] = [merged]
+            self._write_master()
+            with storage_errors(self.parts_dir):
+                for p in old:
+                    p.unlink(missing_ok=True)
+
+    def _merge(self, parts: list[tuple[int, int, int, int]], level: int) -> tuple[int, int, int, int]:
+        start, stop = parts[0][0], parts[-1][1]
+        path, tmp = self._part_paths(level, start, stop)
+        bio = io.BytesIO()
+        crc, part_crc = self._copy_parts(bio, parts, level)
+        bad = [p for p, c in zip(parts, part_crc) if c != p[2]]
+        if bad:
+            raise DataFileError(
+                f"{self.path}: rows {bad[0][0]}..{bad[0][1]} do not match their checksum; the part "
+                "files were changed or damaged. Nothing was merged; run "
+                f"'lattice-flows info --verify {self.path}'."
+            )
+        with storage_errors(path, cleanup=tmp):
+            _write_bytes(tmp, bio.getbuffer(), "merge")
+            commit_file(tmp, path)
+        return (start, stop, crc, level)
+
+    def _copy_parts(self, target: io.BytesIO, parts: list[tuple[int, int, int, int]], level: int
+                    ) -> tuple[int, list[int]]:
+        start, stop = parts[0][0], parts[-1][1]
+        crc = 0
+        part_crc = [0] * len(parts)
+        with self._new_part(target, level, start, stop) as f:
             for name in sorted(self.specs):
-                d = f[name]
-                block = np.ascontiguousarray(np.asarray(rows[name], dtype=d.dtype))
-                d.resize(n0 + k, axis=0)
-                d[n0 : n0 + k] = block
-                crc = zlib.crc32(block.tobytes(), crc)
-            if "chunk_index" in f:
-                ci = f["chunk_index"]
-                m = ci.shape[0]
-                ci.resize(m + 1, axis=0)
-                ci[m] = (n0, n0 + k, crc)
-            f.flush()
-            f.attrs["n_saved"] = n0 + k
-            f.flush()
-        return n0 + k
+                shape, dtype = self.specs[name]
+                step = max(1, _COPY_BYTES // max(1, dtype.itemsize * self.n_chains * math.prod(shape)))
+                for i, (a, b, _, lv) in enumerate(parts):
+                    with h5py.File(self.parts_dir / part_name(lv, a, b), "r") as src:
+                        for r in range(0, b - a, step):
+                            block = np.ascontiguousarray(src[name][r : min(b - a, r + step)])
+                            f[name][a - start + r : a - start + r + block.shape[0]] = block
+                            crc = zlib.crc32(block.tobytes(), crc)
+                            part_crc[i] = zlib.crc32(block.tobytes(), part_crc[i])
+            f.attrs["crc32"] = crc
+        return crc, part_crc
+
+    def truncate(self, n_rows: int) -> None:
+        """Drop rows beyond ``n_rows`` (rows committed after the last checkpoint)."""
+        if n_rows >= self.n_saved():
+            return
+        keep = [p for p in self.index if p[1] <= n_rows]
+        drop = [p for p in self.index if p[1] > n_rows]
+        cut = [p for p in drop if p[0] < n_rows]
+        if cut:
+            a, b, _, lv = cut[0]
+            with h5py.File(self.parts_dir / part_name(lv, a, b), "r") as src:
+                rows = {name: src[name][: n_rows - a] for name in self.specs}
+            keep.append(self._write_part(lv, a, rows))
+        self.index = keep
+        self._write_master()
+        with storage_errors(self.parts_dir):
+            for a, b, _, lv in drop:
+                (self.parts_dir / part_name(lv, a, b)).unlink(missing_ok=True)
 
 
 def _read_attrs(f: h5py.File) -> dict[str, Any]:
@@ -183,6 +366,7 @@ class SampleFile:
                 names = set(f.keys())
                 obs = sorted(f["observables"].keys()) if "observables" in f else []
                 lengths = {k: f[k].shape[0] for k in ("configs", "action", "accepted") if k in f}
+                index = f["chunk_index"][:] if "chunk_index" in f else None
         except OSError as exc:
             raise DataFileError(
                 f"{self.path}: cannot be opened as HDF5 ({exc}); the file is not HDF5 or is "
@@ -212,12 +396,28 @@ class SampleFile:
         for k in ("lattice_shape", "n_chains"):
             if k not in self.attrs:
                 raise DataFileError(f"{self.path}: attribute '{k}' is missing.")
+        if version >= 2 and not self.attrs.get("merged_from"):
+            self._check_parts(index)
         self.observable_names = obs
         self.extra_names = sorted(
             n for n in names if n not in ("configs", "action", "accepted", "observables", "chunk_index")
         )
         self.lattice_shape = tuple(int(n) for n in self.attrs["lattice_shape"])
         self.n_chains = int(self.attrs["n_chains"])
+
+    def _check_parts(self, index: np.ndarray | None) -> None:
+        """Version 2: every part file the index names must exist (HDF5 would silently read
+        fill values for a missing one)."""
+        if index is None or index.ndim != 2 or index.shape[1] != 4:
+            raise DataFileError(f"{self.path}: the chunk index is missing or malformed.")
+        parts = self.path.parent / str(self.attrs.get("parts_dir", parts_dir_of(self.path).name))
+        for start, stop, _, level in index:
+            p = parts / part_name(level, start, stop)
+            if not p.exists():
+                raise DataFileError(
+                    f"{self.path}: part file {p} (rows {start}..{stop}) is missing; keep the folder "
+                    f"{parts.name} beside the file."
+                )
 
     @property
     def config_text(self) -> str:
@@ -226,10 +426,23 @@ class SampleFile:
     def _read(self, name: str, rows: slice | None = None) -> np.ndarray:
         rows = rows or slice(None)
         start, stop, step = rows.indices(self.n_saved)
-        with h5py.File(self.path, "r") as f:
-            if name not in f:
-                raise DataFileError(f"{self.path}: dataset '/{name}' is missing.")
-            return f[name][start:stop:step]
+        versioned = int(self.attrs.get("format_version", 1)) >= 2 and not self.attrs.get("merged_from")
+        for _ in range(10):
+            with h5py.File(self.path, "r") as f:
+                if name not in f:
+                    raise DataFileError(f"{self.path}: dataset '/{name}' is missing.")
+                data = f[name][start:stop:step]
+                index = f["chunk_index"][:] if versioned else None
+            # A running writer may merge parts and delete the merged ones right after it commits
+            # the new index; a read that raced with that saw fill values. It is repeated with
+            # the new index (which still holds every row this reader knows of).
+            if index is None or self._parts_exist(index, start, stop):
+                return data
+        raise DataFileError(f"{self.path}: part files keep vanishing while reading '/{name}'.")
+
+    def _parts_exist(self, index: np.ndarray, start: int, stop: int) -> bool:
+        parts = self.path.parent / str(self.attrs.get("parts_dir", parts_dir_of(self.path).name))
+        return all((parts / part_name(lv, a, b)).exists() for a, b, _, lv in index if a < stop and b > start)
 
     def configs(self, rows: slice | None = None) -> np.ndarray:
         """Configurations, ``(n, n_chains, *lattice)`` float32."""
@@ -257,6 +470,26 @@ class SampleFile:
 
     def observables(self) -> dict[str, np.ndarray]:
         return {n: self.observable(n) for n in self.observable_names}
+
+
+def _verify_parts(sf: "SampleFile", index: np.ndarray, names: list[str]) -> list[str]:
+    """Each part file of a version-2 file opens, is a part, covers its rows with every dataset."""
+    problems = []
+    parts = sf.path.parent / str(sf.attrs.get("parts_dir", parts_dir_of(sf.path).name))
+    for start, stop, _, level in index:
+        p = parts / part_name(level, start, stop)
+        try:
+            with h5py.File(p, "r") as pf:
+                if pf.attrs.get("format") != PART_FORMAT or (
+                    int(pf.attrs.get("start", -1)), int(pf.attrs.get("stop", -1))) != (start, stop):
+                    problems.append(f"{p}: not the part of rows {start}..{stop} (attributes differ)")
+                    continue
+                for name in names:
+                    if name not in pf or pf[name].shape[0] != stop - start:
+                        problems.append(f"{p}: dataset /{name} missing or not {stop - start} rows")
+        except OSError as exc:
+            problems.append(f"{p}: cannot be opened as HDF5 ({exc})")
+    return problems
 
 
 def verify_sample_file(path: str | Path) -> list[str]:
@@ -289,9 +522,11 @@ def verify_sample_file(path: str | Path) -> list[str]:
         if "chunk_index" not in f:
             problems.append(f"{sf.path}: no chunk index (written by an older version?): checksums not verifiable")
             return problems
+        if int(sf.attrs.get("format_version", 1)) >= 2:
+            problems.extend(_verify_parts(sf, f["chunk_index"][:], names))
         idx = f["chunk_index"][:]
         expect = 0
-        for start, stop, crc in idx:
+        for start, stop, crc, *_ in idx:
             if stop > n:
                 continue  # written after the last commit: not part of the file's content
             if start != expect:

@@ -4,15 +4,24 @@ Layout (format ``lattice_flows.train``, version 1): attrs format, format_version
 provenance; datasets ``step`` (int64) and one float64 dataset per metric (loss, ess,
 acceptance, grad_norm, lr, steps_per_s, ...). A resumed run truncates records beyond its
 checkpoint, so the history equals that of an uninterrupted run.
+
+Crash atomicity: the log is small, so every change is made to a copy in memory, written to a
+temporary file, fsynced and renamed over the log. A process killed at any instant leaves the old or
+the new log, both openable (HDF5 files modified in place can be left unreadable by a kill).
 """
 
 from __future__ import annotations
 
+import io
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
+
+from lattice_flows.faults import fault_point
+from lattice_flows.io.atomic import commit_file, storage_errors
 
 FORMAT_NAME = "lattice_flows.train"
 FORMAT_VERSION = 1
@@ -23,16 +32,34 @@ class TrainLog:
 
     def __init__(self, path: str | Path, attrs: Mapping[str, Any]) -> None:
         self.path = Path(path)
+        stale = self.path.with_name(self.path.name + ".tmp")
+        if stale.exists():
+            with storage_errors(stale):
+                stale.unlink()  # left by a process killed during a change
         if not self.path.exists():
-            with h5py.File(self.path, "w") as f:
+            with self._change(new=True) as f:
                 f.attrs["format"] = FORMAT_NAME
                 f.attrs["format_version"] = FORMAT_VERSION
                 for k, v in attrs.items():
                     f.attrs[k] = "" if v is None else v
                 f.create_dataset("step", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(256,))
 
+    @contextmanager
+    def _change(self, new: bool = False) -> Iterator[h5py.File]:
+        """Apply a change to an in-memory copy of the log, write it to a temporary file and
+        rename that over the log (atomic; the HDF5 library never writes to the disk itself)."""
+        bio = io.BytesIO(b"" if new else self.path.read_bytes())
+        with h5py.File(bio, "w" if new else "a") as f:
+            yield f
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with storage_errors(self.path, cleanup=tmp):
+            with open(tmp, "wb") as fh:
+                fh.write(bio.getbuffer())
+            fault_point("trainlog")
+            commit_file(tmp, self.path)
+
     def append(self, record: Mapping[str, float]) -> None:
-        with h5py.File(self.path, "a") as f:
+        with self._change() as f:
             n = f["step"].shape[0]
             for k, v in record.items():
                 if k not in f:
@@ -46,14 +73,17 @@ class TrainLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records with step > ``step``."""
-        with h5py.File(self.path, "a") as f:
+        with h5py.File(self.path, "r") as f:
             steps = f["step"][:]
-            keep = int(np.searchsorted(steps, step, side="right"))
+        keep = int(np.searchsorted(steps, step, side="right"))
+        if keep == len(steps):
+            return
+        with self._change() as f:
             for k in f:
                 f[k].resize(keep, axis=0)
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
-        with h5py.File(self.path, "a") as f:
+        with self._change() as f:
             for k, v in attrs.items():
                 f.attrs[k] = "" if v is None else v
 

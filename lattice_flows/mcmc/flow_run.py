@@ -27,14 +27,25 @@ import torch
 
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
+from lattice_flows.faults import nan_injected
 from lattice_flows.flows.flow import Flow, build_flow
-from lattice_flows.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lattice_flows.io.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.mcmc.chain import (
-    RowBuffer, check_resumable, derive_seed, finish_parallel, log, make_generator,
-    observable_specs, production_paths,
+    RowBuffer,
+    check_resumable,
+    derive_seed,
+    finish_parallel,
+    log,
+    make_generator,
+    observable_specs,
+    production_paths,
 )
 from lattice_flows.mcmc.metropolis import accept_reject
 from lattice_flows.observables import measure
@@ -130,7 +141,6 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
     n_chains = sc.n_chains
     save_every = sc.save_every if mode == "mcmc" else 1
     total_steps = sc.n_samples
-    n_rows_total = total_steps // save_every
     steps_per_block = max(1, sc.batch_size // n_chains)
     gen = make_generator(device, derive_seed(cfg.seed, rank, 10))
 
@@ -179,10 +189,11 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         pending_acc = state["pending_acc"].to(device)
     bar = progress_bar(total=total_steps, initial=step, desc=f"flow {mode}", enabled=progress and rank == 0)
     t0, cpu0, start = time.perf_counter(), time.process_time(), step
-    view = (-1,) + (1,) * len(shape)
     while step < total_steps:
         k = min(steps_per_block, total_steps - step)
         phi, s, lq, lw = propose(flow, action, k * n_chains, gen, shape)
+        if nan_injected("proposal"):  # fault injection (tests only)
+            lq[0], lw[0] = float("nan"), float("nan")
         u = torch.rand((k, n_chains), generator=gen, device=device, dtype=torch.float64)
         phi = phi.view(k, n_chains, *shape)
         s, lq, lw = s.view(k, n_chains), lq.view(k, n_chains), lw.view(k, n_chains)
@@ -244,12 +255,11 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         at_end = step >= total_steps
         stop = stop_requested()
         if buf.n >= cfg.output.chunk_rows or (at_end and buf.n) or stop:
-            writer.append(buf.take())
             cpu_now = cpu_used + (time.process_time() - cpu0)
             done_attrs = {"cpu_s": cpu_now, "steps_done": step, "n_nonfinite": n_nonfinite}
             if mode == "mcmc":
                 done_attrs["acceptance"] = n_acc / max(1, (step - 1) * n_chains)
-            writer.set_attrs(done_attrs)
+            writer.append(buf.take(), attrs=done_attrs)  # rows and attributes: one commit
             save_checkpoint({
                 "kind": f"flow-{mode}", "n_chains": n_chains, "step": step,
                 "rng": gen.get_state().clone(),

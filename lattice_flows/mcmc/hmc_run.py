@@ -164,10 +164,9 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
             acc_since_save = torch.zeros_like(acc_since_save)
             stop = stop_requested()
             if buf.n >= cfg.output.chunk_rows or traj // h.save_every == n_rows_total or stop:
-                writer.append(buf.take())
                 cpu_now = cpu_used + time.process_time() - cpu0
-                writer.set_attrs({"cpu_s": cpu_now, "n_traj_done": traj,
-                                  "acceptance": n_acc / max(1, n_tried)})
+                writer.append(buf.take(), attrs={"cpu_s": cpu_now, "n_traj_done": traj,
+                                                 "acceptance": n_acc / max(1, n_tried)})
                 save_checkpoint(
                     _ckpt(phi, gen, hmc.step_size, traj, n_acc, n_tried, 1, cpu_now), ckpt_path
                 )

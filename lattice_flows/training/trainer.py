@@ -28,8 +28,13 @@ import torch
 import lattice_flows
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
+from lattice_flows.faults import nan_injected
 from lattice_flows.flows.flow import Flow, build_flow
-from lattice_flows.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lattice_flows.io.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.io.train_log import TrainLog
@@ -234,6 +239,7 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
 
     ckpt_path = run_dir / CHECKPOINT_NAME
     step, cpu_used, nonfinite_total = 0, 0.0, 0
+    resumed_window = None  # the metrics window of the checkpoint: a resumed log equals an uninterrupted one
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         if state.get("kind") != "train":
@@ -246,6 +252,7 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
         rngs = state["rng"]
         if len(rngs) == size:
             gen.set_state(rngs[rank])
+            resumed_window = state.get("window")
             if data is not None and len(state.get("data_rng", [])) == size:
                 data.generator.set_state(state["data_rng"][rank])
         else:
@@ -284,10 +291,15 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
         drng = None
         if data is not None:
             drng = world.gather_states(data.generator.get_state()) if world is not None else [data.generator.get_state()]
+        lw = torch.cat(window_lw).cpu() if window_lw else torch.zeros(0, dtype=torch.float64)
+        lws = world.gather_states(lw) if world is not None else [lw]
         if not is_root:
             return
         state = {
             "kind": "train",
+            "window": {"loss": torch.tensor(window_loss, dtype=torch.float64),
+                       "grad_norm": torch.tensor(window_gn, dtype=torch.float64),
+                       "log_w": [t.clone() for t in lws]},
             "model": cpu_state_dict(flow),
             "optimizer": optimizer.state_dict(),
             "step": step_,
@@ -313,6 +325,11 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
     window_lw: list[torch.Tensor] = []
     window_loss: list[float] = []
     window_gn: list[float] = []
+    if resumed_window is not None:
+        window_loss = [float(v) for v in resumed_window["loss"]]
+        window_gn = [float(v) for v in resumed_window["grad_norm"]]
+        if len(resumed_window["log_w"][rank]):
+            window_lw = [resumed_window["log_w"][rank].to(device)]
     consecutive_bad = 0
     t_window = time.perf_counter()
     steps_window = 0
@@ -331,9 +348,13 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
         current_lr = set_lr(step, cpu_used)
         optimizer.zero_grad(set_to_none=True)
         loss, info = estimator.loss(flow, local_batch, generator=gen, data=data)
+        if nan_injected("train_loss"):  # fault injection (tests only)
+            loss = loss * float("nan")
         loss_ok = bool(torch.isfinite(loss))
         if loss_ok:
             loss.backward()
+            if nan_injected("train_grad"):  # fault injection (tests only)
+                next(p for p in flow.parameters() if p.grad is not None).grad.fill_(float("inf"))
         if world is not None:
             loss_ok = world.all_ok(loss_ok)
             if loss_ok:

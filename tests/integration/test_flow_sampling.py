@@ -5,15 +5,8 @@ Tolerances are 3 sigma of Gamma-method (or delta-method) errors; seeds are fixed
 from __future__ import annotations
 
 import math
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from lattice_flows.analysis import analyze_samples
@@ -131,43 +124,6 @@ def test_tutorial_point_flow_mcmc_agrees_with_hmc(tmp_path):
                               "objective": "path_gradient", "eval_samples": 10240},
                        sample={"n_chains": 64, "n_samples": 3000}, hmc_traj=3000)
     assert res.acceptance > 0.6, res
-
-
-def _sample_proc(cfg: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "lattice_flows", "sample", str(cfg), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-
-
-def test_sigkilled_sampling_resumes_to_the_same_chain(free_flow_run, tmp_path):
-    out, raw = free_flow_run
-    flow = str(out / "flow.pt")
-    base = raw_cfg(tmp_path / "ref", sample={"flow": flow, "n_chains": 8, "n_samples": 6000,
-                                             "batch_size": 64, "save_every": 3})
-    base["output"]["chunk_rows"] = 50
-    ref = write_config(tmp_path / "ref.yaml", base)
-    assert _sample_proc(ref).wait() == 0
-    base["output"]["dir"] = str(tmp_path / "killed")
-    cfg = write_config(tmp_path / "killed.yaml", base)
-    rng = random.Random(1)
-    killed = 0
-    for _ in range(3):
-        proc = _sample_proc(cfg)
-        deadline = time.time() + 60
-        while not (tmp_path / "killed" / "samples.h5").exists() and proc.poll() is None \
-                and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.05, 0.6))
-        killed += proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert killed >= 1, "sampling finished before the kill: the test would prove nothing"
-    assert _sample_proc(cfg).wait() == 0
-    a, b = SampleFile(tmp_path / "ref" / "samples.h5"), SampleFile(tmp_path / "killed" / "samples.h5")
-    assert a.n_saved == b.n_saved == 2000
-    for get in (lambda s: s.configs(), lambda s: s.action(), lambda s: s.accepted(),
-                lambda s: s.extra("log_w"), lambda s: s.observable("chi2")):
-        np.testing.assert_array_equal(get(a), get(b))
 
 
 def test_sample_without_flow_is_refused(tmp_path, capsys):

@@ -3,6 +3,7 @@ steps and proposals are rejected, counted, and the command stops with a clear er
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 from lattice_flows.cli import main
 from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
 from lattice_flows.io.hdf5 import SampleFile
-from tests.conftest import write_config
+from lattice_flows.io.train_log import read_train_log
+from tests.conftest import cli, write_config
 
 
 def _raw(out, **train):
@@ -73,3 +75,37 @@ def test_partially_nonfinite_proposals_are_rejected_and_counted(tmp_path):
     assert torch.isfinite(res.log_w[1:]).all()
     assert not res.accepted[~torch.isfinite(lw)].any()
     np.testing.assert_array_equal(res.final_log_w.isfinite().numpy(), np.ones(8, bool))
+
+
+def test_injected_nan_training_steps_are_skipped_counted_and_reported(tmp_path):
+    """NaN loss at steps 3 and 7 and an inf gradient at step 5 of a real training process:
+    the three steps are skipped (no parameter update), counted in train.h5, reported in the
+    log, and training finishes with finite weights."""
+    cfg = write_config(tmp_path / "t.yaml", _raw(tmp_path / "t", steps=12, log_every=4))
+    for spec in ("train_loss:3,7", "train_grad:5"):
+        out = tmp_path / spec.split(":")[0]
+        proc = cli("train", str(cfg), "--no-progress", "--set", f"output.dir={out}",
+                   env_extra={"LATTICE_FLOWS_NAN_AT": spec})
+        log = read_train_log(out / "train.h5")
+        n_bad = len(spec.split(":")[1].split(","))
+        assert log["nonfinite"][-1] == n_bad
+        assert proc.stderr.count("non-finite loss or gradient; step skipped") == n_bad
+        state = load_checkpoint(out / "flow.pt")["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor))
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert summary["steps"] == 12 and summary["nonfinite_steps"] == n_bad
+
+
+def test_injected_nan_proposal_is_rejected_counted_and_reported(tmp_path):
+    """A NaN log q in the second proposal batch of a real sampling process: the proposal is
+    rejected, counted in the file's n_nonfinite attribute and the log, and the chain stays finite."""
+    flow_cfg = write_config(tmp_path / "f.yaml", _raw(tmp_path / "f"))
+    cli("train", str(flow_cfg), "--no-progress")
+    raw = _raw(tmp_path / "s")
+    raw["sample"].update(flow=str(tmp_path / "f" / "flow.pt"), batch_size=8)
+    cfg = write_config(tmp_path / "s.yaml", raw)
+    proc = cli("sample", str(cfg), "--no-progress", env_extra={"LATTICE_FLOWS_NAN_AT": "proposal:2"})
+    sf = SampleFile(tmp_path / "s" / "samples.h5")
+    assert sf.attrs["n_nonfinite"] == 1 and "1 non-finite" in proc.stderr
+    assert np.isfinite(sf.extra("log_w")).all() and np.isfinite(sf.action()).all()
+    assert sf.n_saved == 50

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +12,7 @@ import torch
 from lattice_flows.cli import main
 from lattice_flows.config import FlowConfig, config_from_dict
 from lattice_flows.flows import build_flow
-from lattice_flows.io.checkpoint import CheckpointError, load_checkpoint
+from lattice_flows.io.checkpoint import CheckpointError
 from lattice_flows.io.train_log import read_train_log
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.training.estimators import PathGradientKL, ReverseKL
@@ -138,43 +132,6 @@ def test_forward_data_of_other_couplings_refused(tmp_path, hmc_data, capsys):
     assert main(["train", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert str(hmc_data) in err and "m2=-4.0" in err
-
-
-def _train_cmd(cfg: Path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "lattice_flows", "train", str(cfg), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-
-
-def test_resumed_training_equals_uninterrupted(tmp_path):
-    raw = train_raw(tmp_path / "ref", steps=240, checkpoint_every=40, log_every=20, eval_samples=1024)
-    ref = write_config(tmp_path / "ref.yaml", raw)
-    assert _train_cmd(ref).wait() == 0
-    raw["output"]["dir"] = str(tmp_path / "killed")
-    cfg = write_config(tmp_path / "killed.yaml", raw)
-    rng = random.Random(0)
-    killed = 0
-    for _ in range(2):
-        proc = _train_cmd(cfg)
-        deadline = time.time() + 120
-        while not (tmp_path / "killed" / "train.ckpt").exists() and proc.poll() is None \
-                and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.1, 1.0))
-        if proc.poll() is None:
-            killed += 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert killed >= 1, "training finished before the kill: the test would prove nothing"
-    assert _train_cmd(cfg).wait() == 0
-    a = load_checkpoint(tmp_path / "ref" / "flow.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "killed" / "flow.pt")["state_dict"]
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-    ha, hb = read_train_log(tmp_path / "ref" / "train.h5"), read_train_log(tmp_path / "killed" / "train.h5")
-    np.testing.assert_array_equal(ha["step"], hb["step"])
-    np.testing.assert_array_equal(ha["loss"], hb["loss"])
 
 
 def test_init_from_transfers_to_a_larger_lattice(tmp_path):

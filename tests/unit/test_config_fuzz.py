@@ -92,3 +92,46 @@ def test_missing_or_non_mapping_sections(section):
             raise AssertionError("accepted a config without a required section")
         except ConfigError as exc:
             assert section in str(exc)
+
+
+VALID_TEXT = yaml.safe_dump(VALID, sort_keys=False)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, len(VALID_TEXT)), junk=st.text(max_size=6), drop=st.integers(0, 12))
+def test_malformed_yaml_text_is_refused_without_traceback(tmp_path, capsys, cut, junk, drop):
+    """Broken YAML files (cut short, junk inserted, characters dropped): either still a valid
+    config, or exit 2 with a message naming the file or a key, no traceback, nothing written."""
+    from lattice_flows.config import load_config
+
+    out = tmp_path / "out"
+    text = VALID_TEXT.replace("PLACEHOLDER", str(out))
+    cut = min(cut, len(text))
+    text = text[:cut] + junk + text[cut + drop:]
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    try:
+        load_config(path)
+        return  # still valid: nothing to refuse
+    except ConfigError as exc:
+        msg = str(exc)
+        assert str(path) in msg or "config key" in msg or "section" in msg, msg
+    capsys.readouterr()
+    assert main(["hmc", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error" in err
+    assert not out.exists()
+
+
+def test_odd_extents_are_refused_where_checkerboards_need_them(tmp_path, capsys):
+    raw = copy.deepcopy(VALID)
+    raw["output"]["dir"] = str(tmp_path / "out")
+    raw["lattice"]["shape"] = [5, 4]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "lattice.shape" in err and "even" in err and not (tmp_path / "out").exists()
+    del raw["flow"], raw["train"], raw["sample"]  # HMC alone runs on odd extents
+    config_from_dict(raw)
