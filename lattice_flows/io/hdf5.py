@@ -431,7 +431,13 @@ class SampleFile:
             with h5py.File(self.path, "r") as f:
                 if name not in f:
                     raise DataFileError(f"{self.path}: dataset '/{name}' is missing.")
-                data = f[name][start:stop:step]
+                try:
+                    data = f[name][start:stop:step]
+                except OSError as exc:
+                    raise DataFileError(
+                        f"{self.path}: rows of '/{name}' cannot be read ({exc}); a part file is "
+                        f"damaged: run 'lattice-flows info --verify {self.path}'."
+                    ) from None
                 index = f["chunk_index"][:] if versioned else None
             # A running writer may merge parts and delete the merged ones right after it commits
             # the new index; a read that raced with that saw fill values. It is repeated with
@@ -532,15 +538,23 @@ def verify_sample_file(path: str | Path) -> list[str]:
             if start != expect:
                 problems.append(f"{sf.path}: chunk index gap: rows {expect}..{start} not covered")
             data_crc = 0
-            for name in sorted(names):
-                block = np.ascontiguousarray(f[name][start:stop])
-                data_crc = zlib.crc32(block.tobytes(), data_crc)
+            try:
+                for name in sorted(names):
+                    block = np.ascontiguousarray(f[name][start:stop])
+                    data_crc = zlib.crc32(block.tobytes(), data_crc)
+            except OSError as exc:
+                problems.append(f"{sf.path}: rows {start}..{stop} cannot be read ({exc})")
+                expect = stop
+                continue
             if data_crc != crc:
                 problems.append(f"{sf.path}: rows {start}..{stop}: checksum mismatch (data changed or damaged)")
             expect = stop
         if expect != n:
             problems.append(f"{sf.path}: chunk index covers {expect} rows, n_saved = {n}")
-        act = f["action"][:n]
+        try:
+            act = f["action"][:n]
+        except OSError:
+            act = np.zeros(0)  # unreadable rows are reported above
         if not np.isfinite(act).all():
             problems.append(f"{sf.path}: non-finite values in /action")
     return problems
