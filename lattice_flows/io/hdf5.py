@@ -21,7 +21,9 @@ Crash atomicity: no file is ever modified in place. A commit writes a new part f
 temporary name, fsyncs and renames it, then writes the new ``<name>.h5`` the same way; the
 rename is the commit. A process killed at any instant (SIGKILL, node failure) therefore leaves
 every file openable, and a reader sees the rows of the previous or of the new commit, never a
-half-written row. Leftovers of an interrupted commit (``*.tmp``, parts no index refers to) are
+half-written row. Files are built in memory and written with plain file I/O, so a failed write
+(disk full, read-only folder) is an ordinary OSError, reported with the path (StorageError),
+and never leaves the HDF5 library half-flushed. Leftovers of an interrupted commit (``*.tmp``, parts no index refers to) are
 removed by the next writer of the run (which holds the run lock). Parts are merged in groups of
 ``MERGE_FAN_IN`` so a long run keeps a few dozen files. Version-1 files (one file written in
 place) are still read. Attributes are parsed, never evaluated.
