@@ -305,6 +305,7 @@ class FlowConfig:
     activation: str = "silu"
     fourier_layer: bool = True
     fourier_m2_init: float | str = "auto"
+    zero_mode_layer: bool = False
     bijection: str = "affine"
     identity_init: bool = True
 
@@ -320,6 +321,7 @@ _FLOW = {
     # silu: as good as tanh/gelu in the ablation and ~10x cheaper per element than tanh on CPU
     "activation": _Field("choice", "silu", choices=("tanh", "leaky_relu", "gelu", "silu", "relu")),
     "fourier_layer": _Field("bool", True, "true or false (learnable Fourier-space Gaussian layer)"),
+    "zero_mode_layer": _Field("bool", False, "true or false (learnable monotone map of the magnetisation, first layer)"),
     "fourier_m2_init": _Field(
         "float_or_auto", "auto", "'auto' (m2 if m2 > 0, else 1) or a positive mass squared",
         lambda x: x > 0,

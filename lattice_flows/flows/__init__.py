@@ -1,5 +1,5 @@
 """Normalizing flows for lattice phi^4: prior, masks, conditioner nets, bijections, couplings,
-a Fourier-space Gaussian layer and the flow built from a :class:`~lattice_flows.config.FlowConfig`.
+a Fourier-space Gaussian layer, a zero-mode layer and the flow built from a :class:`~lattice_flows.config.FlowConfig`.
 
     log q(phi) = log N(z; 0, 1) - sum_layers log|det J_layer|,    phi = f(z)
 
@@ -19,6 +19,7 @@ from lattice_flows.flows.fourier import FourierGaussianLayer, lattice_momentum_s
 from lattice_flows.flows.masks import check_even_extents, checkerboard, tile_mask
 from lattice_flows.flows.nets import ConvConditioner, make_activation, make_conv_net
 from lattice_flows.flows.prior import StandardNormalPrior
+from lattice_flows.flows.zero_mode import ZeroModeLayer
 
 __all__ = [
     "AffineBijection",
@@ -28,6 +29,7 @@ __all__ = [
     "Flow",
     "FourierGaussianLayer",
     "StandardNormalPrior",
+    "ZeroModeLayer",
     "build_baseline_flow",
     "build_flow",
     "check_even_extents",

@@ -37,6 +37,7 @@ from lattice_flows.flows.fourier import FourierGaussianLayer
 from lattice_flows.flows.masks import check_even_extents, checkerboard
 from lattice_flows.flows.nets import ConvConditioner
 from lattice_flows.flows.prior import StandardNormalPrior
+from lattice_flows.flows.zero_mode import ZeroModeLayer
 
 
 class Flow(nn.Module):
@@ -129,7 +130,8 @@ def build_flow(
 ) -> Flow:
     """Build the flow of ``flow_cfg`` for ``lattice_shape`` (d = 1, 2, 3, even extents).
 
-    Layers: an optional :class:`FourierGaussianLayer` (``flow_cfg.fourier_layer``, initialised
+    Layers: an optional :class:`ZeroModeLayer` (``flow_cfg.zero_mode_layer``), an optional
+    :class:`FourierGaussianLayer` (``flow_cfg.fourier_layer``, initialised
     with :func:`fourier_m2_init` of ``m2``), then ``flow_cfg.n_layers`` coupling layers, layer k
     updating the checkerboard sites of parity k % 2 with ``flow_cfg.bijection`` and a
     :class:`ConvConditioner`.
@@ -137,6 +139,8 @@ def build_flow(
     shape = check_even_extents(lattice_shape)
     ndim = len(shape)
     layers: list[nn.Module] = []
+    if getattr(flow_cfg, "zero_mode_layer", False):
+        layers.append(ZeroModeLayer(ndim))
     if flow_cfg.fourier_layer:
         init = getattr(flow_cfg, "fourier_m2_init", "auto")
         m2_init = fourier_m2_init(m2) if init == "auto" else float(init)

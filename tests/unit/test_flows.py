@@ -20,6 +20,7 @@ from lattice_flows.flows import (
     Flow,
     FourierGaussianLayer,
     StandardNormalPrior,
+    ZeroModeLayer,
     build_baseline_flow,
     build_flow,
     checkerboard,
@@ -42,7 +43,13 @@ def perturbed(flow: Flow, scale: float = 0.1, seed: int = 1) -> Flow:
 def make(shape=(4, 4), dtype=torch.float64, seed=0, m2=0.5, **cfg) -> Flow:
     torch.manual_seed(seed)
     params = {**SMALL, **cfg}
-    return perturbed(build_flow(FlowConfig(**params), shape, m2=m2)).to(dtype)
+    flow = perturbed(build_flow(FlowConfig(**params), shape, m2=m2))
+    for layer in flow.layers:
+        if isinstance(layer, ZeroModeLayer):  # far from its near-identity initialisation
+            with torch.no_grad():
+                layer.raw_b.copy_(torch.randn(layer.raw_b.shape))
+                layer.raw_d.copy_(torch.randn(layer.raw_d.shape))
+    return flow.to(dtype)
 
 
 # --------------------------------------------------------------------------- masks, prior
@@ -73,7 +80,8 @@ def test_prior_log_prob():
 @pytest.mark.parametrize("equivariant", [True, False])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
 def test_invertibility(equivariant, dtype, tol):
-    flow = make(dtype=dtype, n_layers=16, equivariant=equivariant, fourier_layer=True)
+    flow = make(dtype=dtype, n_layers=16, equivariant=equivariant, fourier_layer=True,
+                zero_mode_layer=True)
     z = torch.randn(8, 4, 4, dtype=dtype)
     phi, logdet = flow(z)
     z_back, logdet_inv = flow.inverse(phi)
@@ -104,6 +112,8 @@ def autograd_logdet(flow: Flow, z: torch.Tensor) -> torch.Tensor:
         ((4, 4), dict(equivariant=False, fourier_layer=True, activation="leaky_relu")),
         ((6,), dict(equivariant=True, fourier_layer=True, activation="gelu")),
         ((4, 4, 4), dict(equivariant=True, fourier_layer=True, n_layers=2, hidden_channels=(4,))),
+        ((4, 4), dict(equivariant=True, fourier_layer=True, zero_mode_layer=True)),
+        ((6,), dict(equivariant=True, fourier_layer=False, zero_mode_layer=True, n_layers=2)),
     ],
 )
 def test_logdet_matches_autograd_jacobian(shape, cfg):
@@ -127,13 +137,38 @@ def test_fourier_layer_logdet_and_inverse():
     assert torch.allclose(logdet_inv, -logdet, atol=1e-12)
 
 
+def test_zero_mode_layer_moves_only_the_magnetisation_and_inverts_with_gradients():
+    layer = ZeroModeLayer(ndim=2).double()
+    with torch.no_grad():
+        layer.raw_b.copy_(torch.tensor([0.5, -1.0, 1.0, 0.0]))
+        layer.raw_d.copy_(torch.tensor([-0.5, 0.3, -2.0, 1.0]))
+    x = torch.randn(5, 4, 6, dtype=torch.float64) * 2
+    y, logdet = layer(x)
+    # only the zero mode changes: y - x is constant over the lattice, non-zero modes are equal
+    diff = y - x
+    assert torch.allclose(diff, diff.mean(dim=(1, 2), keepdim=True).expand_as(diff), atol=1e-14)
+    fx, fy = torch.fft.fftn(x, dim=(1, 2)), torch.fft.fftn(y, dim=(1, 2))
+    assert torch.allclose(fx[:, 1:], fy[:, 1:], atol=1e-12) and torch.allclose(fx[:, 0, 1:], fy[:, 0, 1:], atol=1e-12)
+    # the magnetisation distribution is reshaped: g is non-linear
+    c = x.sum(dim=(1, 2)) / math.sqrt(24)
+    g, slope = layer.g_and_slope(c)
+    assert (slope > 0).all() and not torch.allclose(g / c, (g / c)[:1].expand(5), rtol=1e-3)
+    # inverse and its gradients (one implicit Newton step after bisection)
+    y.requires_grad_(True)
+    x_back, logdet_inv = layer.inverse(y)
+    assert torch.allclose(x_back, x, atol=1e-12) and torch.allclose(logdet_inv, -logdet, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda v: layer.inverse(v)[0], (y[:2].detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda v: layer.inverse(v)[1], (y[:2].detach().requires_grad_(),))
+
+
 # --------------------------------------------------------------------------- symmetries
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("activation", ["tanh", "relu", "silu"])
 def test_z2_equivariance_exact(dtype, activation):
-    flow = make(dtype=dtype, n_layers=8, activation=activation, fourier_layer=True)
+    flow = make(dtype=dtype, n_layers=8, activation=activation, fourier_layer=True,
+                zero_mode_layer=True)
     z = torch.randn(6, 4, 4, dtype=dtype)
     phi, logdet = flow(z)
     phi_m, logdet_m = flow(-z)
@@ -155,7 +190,8 @@ def test_non_equivariant_flow_breaks_z2():
 @pytest.mark.parametrize("shift", [(1, 1), (2, 0), (0, 2), (-1, 1)])
 @pytest.mark.parametrize("equivariant", [True, False])
 def test_translation_equivariance(shift, equivariant):
-    flow = make(shape=(4, 6), n_layers=8, equivariant=equivariant, fourier_layer=True)
+    flow = make(shape=(4, 6), n_layers=8, equivariant=equivariant, fourier_layer=True,
+                zero_mode_layer=True)
     z = torch.randn(3, 4, 6, dtype=torch.float64)
     phi, logdet = flow(z)
     phi_s, logdet_s = flow(torch.roll(z, shift, dims=(1, 2)))
@@ -178,7 +214,8 @@ def test_odd_shift_is_not_a_symmetry():
 def test_batch_independence(equivariant):
     # float64: batch-size dependent convolution algorithms change float32 results by rounding
     # (~1e-6), which says nothing about batch coupling; in float64 any coupling would show
-    flow = make(dtype=torch.float64, n_layers=16, equivariant=equivariant, fourier_layer=True)
+    flow = make(dtype=torch.float64, n_layers=16, equivariant=equivariant, fourier_layer=True,
+                zero_mode_layer=True)
     with torch.no_grad():
         phi, _ = flow.sample(16, generator=torch.Generator().manual_seed(3))
         ref = flow.log_prob(phi)
@@ -199,7 +236,8 @@ def test_batch_independence(equivariant):
 
 @pytest.mark.parametrize("equivariant", [True, False])
 def test_sample_log_q_matches_log_prob(equivariant):
-    flow = make(dtype=torch.float32, n_layers=16, equivariant=equivariant, fourier_layer=True)
+    flow = make(dtype=torch.float32, n_layers=16, equivariant=equivariant, fourier_layer=True,
+                zero_mode_layer=True)
     with torch.no_grad():
         phi, log_q = flow.sample(64, generator=torch.Generator().manual_seed(4))
         assert phi.dtype == torch.float32 and log_q.shape == (64,)
