@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.analysis import analyze_samples  # noqa: E402
-from lattice_flows.config import config_from_dict, load_raw  # noqa: E402
+from lattice_flows.config import apply_overrides, config_from_dict, load_raw  # noqa: E402
 from lattice_flows.devices import resolve_device  # noqa: E402
 from lattice_flows.io.hdf5 import SampleFile  # noqa: E402
 from lattice_flows.mcmc.chain import derive_seed, make_generator  # noqa: E402
@@ -131,6 +131,12 @@ def markdown(rows: list[dict], hw: dict) -> str:
             f"{r['cost_ratio_flow_over_hmc']:.3g} | {r['cost_ratio_flow_over_hmc_amortised']:.3g} |"
         )
     lines.append("")
+    for r in rows:
+        if r.get("overrides") or r.get("transfer_from") is None:
+            extra = ", ".join(r.get("overrides") or []) or "none"
+            start = "from " + Path(r["transfer_from"]).parent.name if r.get("transfer_from") else "from scratch"
+            lines.append(f"L = {r['L']}: {start}; config overrides: {extra}.")
+    lines.append("")
     lines.append(f"Hardware: {hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), "
                  f"CUDA: {hw['cuda']}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
                  "flow cost: CPU-s per proposal x 2 τ_int of the independence chain.")
@@ -169,6 +175,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budgets and chains")
     p.add_argument("--work", default=None, help="run folders (default: a temporary folder)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of every rung (like the CLI), e.g. flow.zero_mode_layer=true")
     p.add_argument("--append", action="store_true",
                    help="merge these rungs into the existing results/ladder.json (rows of other L kept)")
     args = p.parse_args()
@@ -183,12 +191,13 @@ def main() -> int:
     print(f"# E-ladder benchmark; hardware: {hw}", flush=True)
     rows, prev = [], None
     for L in [int(x) for x in args.rungs.split(",")]:
-        raw = load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml")
+        raw = apply_overrides(load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml"), args.overrides)
         scale = args.budget_scale * (0.05 if args.quick else 1.0)
         t0 = time.time()
         row = run_rung(L, raw, work, scale, None if args.no_transfer else prev, args.quick,
                        1024 if args.quick else args.eval_samples)
         row["wall_s"] = time.time() - t0
+        row["overrides"] = list(args.overrides)
         rows.append(row)
         prev = work / f"L{L}" / "flow.pt"
         print(f"L={L}: acceptance {row['acceptance']:.3f}, ESS/N {row['ess']:.3f}, xi {row['xi']:.2f} "
