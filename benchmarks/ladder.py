@@ -131,11 +131,11 @@ def markdown(rows: list[dict], hw: dict) -> str:
             f"{r['cost_ratio_flow_over_hmc']:.3g} | {r['cost_ratio_flow_over_hmc_amortised']:.3g} |"
         )
     lines.append("")
-    for r in rows:
-        if r.get("overrides") or r.get("transfer_from") is None:
-            extra = ", ".join(r.get("overrides") or []) or "none"
-            start = "from " + Path(r["transfer_from"]).parent.name if r.get("transfer_from") else "from scratch"
-            lines.append(f"L = {r['L']}: {start}; config overrides: {extra}.")
+    for r in rows:  # how each rung started (runs of several invocations can be merged: --append)
+        extra = ", ".join(r.get("overrides") or []) or "none"
+        start = ("initialised from the L = " + Path(r["transfer_from"]).parent.name[1:] + " flow"
+                 if r.get("transfer_from") else "trained from scratch")
+        lines.append(f"* L = {r['L']}: {start}; config overrides: {extra}.")
     lines.append("")
     lines.append(f"Hardware: {hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), "
                  f"CUDA: {hw['cuda']}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
