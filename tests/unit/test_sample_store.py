@@ -87,3 +87,33 @@ def test_writer_refuses_a_file_of_another_shape(tmp_path):
     writer(tmp_path / "s.h5").append(rows(np.random.default_rng(3), 2))
     with pytest.raises(DataFileError, match="refusing to extend"):
         SampleWriter(tmp_path / "s.h5", {}, 5, (2, 2), SPECS)
+
+
+def test_many_parts_read_correctly_under_a_small_open_file_limit(tmp_path, monkeypatch):
+    """HDF5 keeps every source of a virtual dataset open during a read and silently returns fill
+    values for sources it cannot open; SampleFile reads part by part, so a low limit on open
+    files (here 40, with 120 parts) changes nothing."""
+    import subprocess
+    import sys
+
+    import lattice_flows.io.hdf5 as hdf5
+
+    monkeypatch.setattr(hdf5, "MERGE_FAN_IN", 10**6)  # keep every commit in its own part
+    rng = np.random.default_rng(5)
+    w = writer(tmp_path / "s.h5")
+    blocks = [rows(rng, 2) for _ in range(120)]
+    for b in blocks:
+        w.append(b)
+    assert len(list((tmp_path / "s.h5.parts").iterdir())) == 120
+    np.save(tmp_path / "expected.npy", np.concatenate([b["configs"] for b in blocks]))
+    script = (
+        "import resource, sys, numpy as np\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))\n"
+        "from lattice_flows.io.hdf5 import SampleFile, verify_sample_file\n"
+        f"sf = SampleFile({str(tmp_path / 's.h5')!r})\n"
+        f"assert np.array_equal(sf.configs(), np.load({str(tmp_path / 'expected.npy')!r}))\n"
+        f"assert verify_sample_file({str(tmp_path / 's.h5')!r}) == []\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
