@@ -63,6 +63,11 @@ def _chunk_rows(row_bytes: int, target: int = 1 << 20) -> int:
     return max(1, min(1024, target // max(1, row_bytes)))
 
 
+def _attr_values(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Attribute values as HDF5 stores them: None becomes the empty string."""
+    return {k: ("" if v is None else v) for k, v in attrs.items()}
+
+
 def _write_bytes(tmp: Path, data: memoryview, point: str) -> None:
     """Write an HDF5 file built in memory. Building in memory keeps the HDF5 library away from
     the disk: a failed write (disk full) is a plain OSError, with no half-flushed HDF5 state."""
@@ -114,7 +119,7 @@ class SampleWriter:
         if self.path.exists():
             self._open_existing()
         else:
-            self.attrs = {k: ("" if v is None else v) for k, v in attrs.items()}
+            self.attrs = _attr_values(attrs)
             self.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
             with storage_errors(self.parts_dir):
                 self.parts_dir.mkdir(parents=True, exist_ok=True)
@@ -242,7 +247,7 @@ class SampleWriter:
     # -- operations ------------------------------------------------------------------------
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Update file attributes (e.g. cumulative CPU-seconds, acceptance); one atomic commit."""
-        self.attrs.update({k: ("" if v is None else v) for k, v in attrs.items()})
+        self.attrs.update(_attr_values(attrs))
         self._write_master()
 
     def append(self, rows: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None) -> int:
@@ -261,7 +266,7 @@ class SampleWriter:
             return self.n_saved()
         self.index.append(self._write_part(0, self.n_saved(), {n: rows[n] for n in self.specs}))
         if attrs:
-            self.attrs.update({a: ("" if v is None else v) for a, v in attrs.items()})
+            self.attrs.update(_attr_values(attrs))
         self._write_master()
         self._merge_tail()
         return self.n_saved()
@@ -513,24 +518,21 @@ class SampleFile:
         return {n: self.observable(n) for n in self.observable_names}
 
 
-def _verify_parts(sf: "SampleFile", index: np.ndarray, names: list[str]) -> list[str]:
-    """Each part file of a version-2 file opens, is a part, covers its rows with every dataset."""
-    problems = []
-    parts = sf.path.parent / str(sf.attrs.get("parts_dir", parts_dir_of(sf.path).name))
-    for start, stop, _, level in index:
-        p = parts / part_name(level, start, stop)
-        try:
-            with h5py.File(p, "r") as pf:
-                if pf.attrs.get("format") != PART_FORMAT or (
-                    int(pf.attrs.get("start", -1)), int(pf.attrs.get("stop", -1))) != (start, stop):
-                    problems.append(f"{p}: not the part of rows {start}..{stop} (attributes differ)")
-                    continue
-                for name in names:
-                    if name not in pf or pf[name].shape[0] != stop - start:
-                        problems.append(f"{p}: dataset /{name} missing or not {stop - start} rows")
-        except OSError as exc:
-            problems.append(f"{p}: cannot be opened as HDF5 ({exc})")
-    return problems
+def _part_problems(pf: h5py.File, p: Path, start: int, stop: int, names: list[str]) -> list[str]:
+    """A part file of a version-2 file is a part of rows [start, stop) with every dataset."""
+    if pf.attrs.get("format") != PART_FORMAT or (
+            int(pf.attrs.get("start", -1)), int(pf.attrs.get("stop", -1))) != (start, stop):
+        return [f"{p}: not the part of rows {start}..{stop} (attributes differ)"]
+    return [f"{p}: dataset /{name} missing or not {stop - start} rows"
+            for name in names if name not in pf or pf[name].shape[0] != stop - start]
+
+
+def _rows_crc(source: h5py.File, names: list[str], lo: int, hi: int) -> int:
+    """CRC32 of rows [lo, hi) of every dataset, in sorted name order (the writer's order)."""
+    crc = 0
+    for name in sorted(names):
+        crc = zlib.crc32(np.ascontiguousarray(source[name][lo:hi]).tobytes(), crc)
+    return crc
 
 
 def verify_sample_file(path: str | Path) -> list[str]:
@@ -563,27 +565,32 @@ def verify_sample_file(path: str | Path) -> list[str]:
         if "chunk_index" not in f:
             problems.append(f"{sf.path}: no chunk index (written by an older version?): checksums not verifiable")
             return problems
-        if int(sf.attrs.get("format_version", 1)) >= 2:
-            problems.extend(_verify_parts(sf, f["chunk_index"][:], names))
-        idx = f["chunk_index"][:]
+        versioned = int(sf.attrs.get("format_version", 1)) >= 2
+        parts = sf.path.parent / str(sf.attrs.get("parts_dir", parts_dir_of(sf.path).name))
         expect = 0
-        for start, stop, crc, *_ in idx:
+        for start, stop, crc, *rest in f["chunk_index"][:]:
+            start, stop = int(start), int(stop)
             if stop > n:
                 continue  # written after the last commit: not part of the file's content
             if start != expect:
                 problems.append(f"{sf.path}: chunk index gap: rows {expect}..{start} not covered")
-            data_crc = 0
-            try:
-                for name in sorted(names):
-                    block = np.ascontiguousarray(sf._read(name, slice(int(start), int(stop))))
-                    data_crc = zlib.crc32(block.tobytes(), data_crc)
-            except (OSError, DataFileError) as exc:
-                problems.append(f"{sf.path}: rows {start}..{stop} cannot be read ({exc})")
-                expect = stop
-                continue
+            expect = stop
+            if not versioned:  # version 1: the rows are in the file itself
+                data_crc = _rows_crc(f, names, start, stop)
+            else:  # version 2: one part file per index row, opened once
+                p = parts / part_name(rest[0], start, stop)
+                try:
+                    with h5py.File(p, "r") as pf:
+                        bad = _part_problems(pf, p, start, stop, names)
+                        if bad:
+                            problems.extend(bad)
+                            continue
+                        data_crc = _rows_crc(pf, names, 0, stop - start)
+                except OSError as exc:
+                    problems.append(f"{p}: cannot be opened or read as HDF5 ({exc})")
+                    continue
             if data_crc != crc:
                 problems.append(f"{sf.path}: rows {start}..{stop}: checksum mismatch (data changed or damaged)")
-            expect = stop
         if expect != n:
             problems.append(f"{sf.path}: chunk index covers {expect} rows, n_saved = {n}")
         try:

@@ -10,12 +10,14 @@ the view): keep the folder together. Attributes: those of rank 0, with ``n_chain
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from lattice_flows.io.atomic import commit_file, storage_errors
 from lattice_flows.io.hdf5 import SampleFile
 
 
@@ -36,12 +38,13 @@ def write_merged_view(out: str | Path, rank_files: list[str | Path]) -> Path:
     chains = [r.n_chains for r in readers]
     total = sum(chains)
     tmp = out.with_name(out.name + ".tmp")
+    bio = io.BytesIO()  # built in memory, then committed like every sample file (io/atomic.py)
     with h5py.File(files[0], "r") as f0:
         names = _datasets(f0)
         shapes = {n: f0[n].shape[2:] for n in names}
         dtypes = {n: f0[n].dtype for n in names}
         attrs = dict(f0.attrs)
-    with h5py.File(tmp, "w") as out_f:
+    with h5py.File(bio, "w") as out_f:
         for k, v in attrs.items():
             out_f.attrs[k] = v
         out_f.attrs["n_chains"] = total
@@ -60,5 +63,7 @@ def write_merged_view(out: str | Path, rank_files: list[str | Path]) -> Path:
                 layout[:, c0:c0 + c] = src[:n_saved]
                 c0 += c
             out_f.create_virtual_dataset(name, layout)
-    os.replace(tmp, out)
+    with storage_errors(out, cleanup=tmp):
+        tmp.write_bytes(bio.getbuffer())
+        commit_file(tmp, out)
     return out

@@ -8,7 +8,6 @@ The same provenance goes into every HDF5 file's attributes.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import socket
 import subprocess
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 
 import lattice_flows
 from lattice_flows.config import Config, ConfigError, config_from_yaml_text
+from lattice_flows.io.atomic import commit_file, storage_errors
 
 
 def git_commit() -> str:
@@ -67,8 +67,9 @@ def write_config(run_dir: Path, cfg: Config, prov: dict[str, Any]) -> Path:
     text = "# lattice_flows resolved config\n" + header + config_yaml(cfg)
     path = run_dir / "config.yaml"
     tmp = path.with_name("config.yaml.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with storage_errors(path, cleanup=tmp):
+        tmp.write_text(text)
+        commit_file(tmp, path)
     return path
 
 
