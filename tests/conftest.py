@@ -7,9 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+
+from lattice_flows.io.checkpoint import load_checkpoint
+from lattice_flows.io.hdf5 import SampleFile, verify_sample_file
+from lattice_flows.io.train_log import read_train_log
 
 torch.set_num_threads(1)
 
@@ -76,3 +81,44 @@ def _detach_lattice_flows_log_handlers():
     for h in [h for h in logger.handlers if getattr(h, "_lf", False)]:
         logger.removeHandler(h)
         h.close()
+
+
+# ------------------------------------------------------------------ shared assertions on run outputs
+
+
+def check_run_folder(run: Path) -> None:
+    """Every file a user or a rerun could open is sound."""
+    for path in sorted(run.glob("*.h5")):
+        if path.name == "train.h5":
+            log = read_train_log(path)
+            assert all(len(v) == len(log["step"]) for v in log.values()), path
+        else:
+            assert verify_sample_file(path) == [], path
+    for path in list(run.glob("*.ckpt")) + list(run.glob("flow.pt")):
+        load_checkpoint(path)
+
+
+def assert_same_samples(a: Path, b: Path) -> None:
+    """Two sample files hold the same committed rows of every dataset, element by element."""
+    fa, fb = SampleFile(a), SampleFile(b)
+    assert fa.n_saved == fb.n_saved and fa.n_saved > 0
+    for get in ([lambda s: s.configs(), lambda s: s.action(), lambda s: s.accepted()]
+                + [lambda s, n=n: s.observable(n) for n in fa.observable_names]
+                + [lambda s, n=n: s.extra(n) for n in fa.extra_names]):
+        np.testing.assert_array_equal(get(fa), get(fb))
+
+
+def assert_same_flow(a: Path, b: Path) -> None:
+    """Two flow checkpoints (flow.pt) hold bit-identical tensors."""
+    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if isinstance(sa[k], torch.Tensor):
+            assert torch.equal(sa[k], sb[k]), k
+
+
+def assert_same_train_log(a: Path, b: Path, keys: tuple[str, ...]) -> None:
+    """Two training logs (train.h5) agree exactly in the metrics ``keys``."""
+    ha, hb = read_train_log(a), read_train_log(b)
+    for k in keys:
+        np.testing.assert_array_equal(ha[k], hb[k], err_msg=k)

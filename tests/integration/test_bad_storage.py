@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from lattice_flows.io.hdf5 import SampleFile, verify_sample_file
-from tests.conftest import cli, tiny_hmc_raw, write_config
-from tests.integration.test_kill_suite import assert_same_samples
+from tests.conftest import assert_same_samples, cli, tiny_hmc_raw, write_config
 
 
 def _namespaces_work() -> bool:

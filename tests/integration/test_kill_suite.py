@@ -25,11 +25,16 @@ import numpy as np
 import pytest
 import torch
 
-from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.hdf5 import SampleFile, verify_sample_file
-from lattice_flows.io.train_log import read_train_log
 from lattice_flows.theory.phi4 import Phi4Action
-from tests.conftest import tiny_hmc_raw, write_config
+from tests.conftest import (
+    assert_same_flow,
+    assert_same_samples,
+    assert_same_train_log,
+    check_run_folder,
+    tiny_hmc_raw,
+    write_config,
+)
 
 KILLED = -signal.SIGKILL
 
@@ -68,18 +73,6 @@ class ConcurrentReader(threading.Thread):
             self.reads += 1
 
 
-def check_run_folder(run: Path) -> None:
-    """Every file a user or a rerun could open is sound."""
-    for path in sorted(run.glob("*.h5")):
-        if path.name == "train.h5":
-            log = read_train_log(path)
-            assert all(len(v) == len(log["step"]) for v in log.values()), path
-        else:
-            assert verify_sample_file(path) == [], path
-    for path in list(run.glob("*.ckpt")) + list(run.glob("flow.pt")):
-        load_checkpoint(path)
-
-
 def kill_attempts(cmd: str, cfg: Path, run: Path, specs: list[str], rng: random.Random,
                   sample_file: str | None, m2: float, lam: float) -> None:
     random_kills = 0
@@ -109,15 +102,6 @@ def kill_attempts(cmd: str, cfg: Path, run: Path, specs: list[str], rng: random.
             assert reader.bad == [], reader.bad
         check_run_folder(run)
     assert random_kills >= 1, f"{cmd} finished before every random kill: the test proves nothing"
-
-
-def assert_same_samples(a: Path, b: Path) -> None:
-    fa, fb = SampleFile(a), SampleFile(b)
-    assert fa.n_saved == fb.n_saved and fa.n_saved > 0
-    for get in ([lambda s: s.configs(), lambda s: s.action(), lambda s: s.accepted()]
-                + [lambda s, n=n: s.observable(n) for n in fa.observable_names]
-                + [lambda s, n=n: s.extra(n) for n in fa.extra_names]):
-        np.testing.assert_array_equal(get(fa), get(fb))
 
 
 def test_hmc_killed_anywhere_resumes_to_the_uninterrupted_chain(tmp_path):
@@ -154,16 +138,9 @@ def test_train_killed_anywhere_resumes_to_the_uninterrupted_flow(tmp_path):
     specs = ["checkpoint:1", "trainlog:2", "checkpoint:3", "trainlog:5", "random", "random"]
     kill_attempts("train", cfg, tmp_path / "killed", specs, random.Random(3), None, -4.0, 8.0)
     assert launch("train", cfg).wait() == 0
-    a = load_checkpoint(tmp_path / "ref" / "flow.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "killed" / "flow.pt")["state_dict"]
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-    ha = read_train_log(tmp_path / "ref" / "train.h5")
-    hb = read_train_log(tmp_path / "killed" / "train.h5")
-    for k in ("step", "loss", "ess", "grad_norm", "lr"):
-        np.testing.assert_array_equal(ha[k], hb[k], err_msg=k)
+    assert_same_flow(tmp_path / "ref" / "flow.pt", tmp_path / "killed" / "flow.pt")
+    assert_same_train_log(tmp_path / "ref" / "train.h5", tmp_path / "killed" / "train.h5",
+                          ("step", "loss", "ess", "grad_norm", "lr"))
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from lattice_flows.cli import main
 from lattice_flows.config import config_from_dict
@@ -42,7 +41,7 @@ from lattice_flows.mcmc.flow_run import run_sample
 from lattice_flows.mcmc.hmc_run import run_hmc
 from lattice_flows.statistics import gamma_method
 from lattice_flows.training.trainer import train_flow
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO, assert_same_flow, write_config
 
 MPIEXEC = shutil.which("mpiexec")
 pytestmark = pytest.mark.skipif(
@@ -134,12 +133,7 @@ def test_two_rank_training_runs_and_resumes_exactly(tmp_path):
     proc = mpirun("-m", "lattice_flows", "train", str(resumed), "--no-progress")
     assert "resuming" in proc.stderr + proc.stdout
 
-    a = load_checkpoint(tmp_path / "full" / "flow.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "resumed" / "flow.pt")["state_dict"]
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
+    assert_same_flow(tmp_path / "full" / "flow.pt", tmp_path / "resumed" / "flow.pt")
 
     for run in ("full", "resumed"):
         d = tmp_path / run

@@ -18,14 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.hdf5 import verify_sample_file
-from lattice_flows.io.train_log import read_train_log
-from tests.integration.test_kill_suite import assert_same_samples, check_run_folder
+from tests.conftest import (
+    assert_same_flow,
+    assert_same_samples,
+    assert_same_train_log,
+    check_run_folder,
+)
 from tests.mpi.test_mpi import MPIEXEC, NP, _env, flow_raw, write_config
 
 pytestmark = [
@@ -101,14 +102,9 @@ def test_two_rank_training_killed_anywhere_resumes_to_the_uninterrupted_flow(tmp
     specs = ["checkpoint:2:0", "trainlog:3:0", "checkpoint:4:0", "random", "random"]
     kill_attempts("train", cfg, tmp_path / "killed", specs, random.Random(12), "train.ckpt")
     finish("train", cfg)
-    a = load_checkpoint(tmp_path / "ref" / "flow.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "killed" / "flow.pt")["state_dict"]
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-    ha, hb = read_train_log(tmp_path / "ref" / "train.h5"), read_train_log(tmp_path / "killed" / "train.h5")
-    for k in ("step", "loss", "ess", "grad_norm"):
-        np.testing.assert_array_equal(ha[k], hb[k], err_msg=k)
+    assert_same_flow(tmp_path / "ref" / "flow.pt", tmp_path / "killed" / "flow.pt")
+    assert_same_train_log(tmp_path / "ref" / "train.h5", tmp_path / "killed" / "train.h5",
+                          ("step", "loss", "ess", "grad_norm"))
 
 
 def test_two_rank_sampling_killed_anywhere_resumes_to_the_uninterrupted_chains(tmp_path):
@@ -165,8 +161,4 @@ def test_two_rank_sigterm_checkpoints_within_seconds_and_resumes_exactly(tmp_pat
         finish(cmd, cfg_term)
         for name in files:
             assert_same_samples(ref / name, term / name)
-    a = load_checkpoint(ref / "flow.pt")["state_dict"]
-    b = load_checkpoint(term / "flow.pt")["state_dict"]
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
+    assert_same_flow(ref / "flow.pt", term / "flow.pt")
