@@ -17,7 +17,12 @@ from lattice_flows.flows.flow import (
 )
 from lattice_flows.flows.fourier import FourierGaussianLayer, lattice_momentum_squared
 from lattice_flows.flows.masks import check_even_extents, checkerboard, tile_mask
-from lattice_flows.flows.nets import ConvConditioner, make_activation, make_conv_net
+from lattice_flows.flows.nets import (
+    ConvConditioner,
+    OddConvConditioner,
+    make_activation,
+    make_conv_net,
+)
 from lattice_flows.flows.prior import StandardNormalPrior
 from lattice_flows.flows.zero_mode import ZeroModeLayer
 
@@ -28,6 +33,7 @@ __all__ = [
     "CouplingLayer",
     "Flow",
     "FourierGaussianLayer",
+    "OddConvConditioner",
     "StandardNormalPrior",
     "ZeroModeLayer",
     "build_baseline_flow",

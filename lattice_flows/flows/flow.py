@@ -35,7 +35,7 @@ from lattice_flows.flows.bijections import make_bijection
 from lattice_flows.flows.coupling import CouplingLayer
 from lattice_flows.flows.fourier import FourierGaussianLayer
 from lattice_flows.flows.masks import check_even_extents, checkerboard
-from lattice_flows.flows.nets import ConvConditioner
+from lattice_flows.flows.nets import ConvConditioner, OddConvConditioner
 from lattice_flows.flows.prior import StandardNormalPrior
 from lattice_flows.flows.zero_mode import ZeroModeLayer
 
@@ -134,7 +134,8 @@ def build_flow(
     :class:`FourierGaussianLayer` (``flow_cfg.fourier_layer``, initialised
     with :func:`fourier_m2_init` of ``m2``), then ``flow_cfg.n_layers`` coupling layers, layer k
     updating the checkerboard sites of parity k % 2 with ``flow_cfg.bijection`` and a
-    :class:`ConvConditioner`.
+    :class:`ConvConditioner` (``flow_cfg.conditioner = 'symmetrized'``) or an
+    :class:`OddConvConditioner` (``'odd'``).
     """
     shape = check_even_extents(lattice_shape)
     ndim = len(shape)
@@ -145,17 +146,21 @@ def build_flow(
         init = getattr(flow_cfg, "fourier_m2_init", "auto")
         m2_init = fourier_m2_init(m2) if init == "auto" else float(init)
         layers.append(FourierGaussianLayer(shape, m2_init=m2_init))
+    odd = getattr(flow_cfg, "conditioner", "symmetrized") == "odd" and flow_cfg.equivariant
     for k in range(flow_cfg.n_layers):
         bijection = make_bijection(flow_cfg.bijection)
-        conditioner = ConvConditioner(
-            ndim,
+        common = dict(
             hidden_channels=tuple(flow_cfg.hidden_channels),
             kernel_size=flow_cfg.kernel_size,
             activation=flow_cfg.activation,
-            equivariant=flow_cfg.equivariant,
             parities=bijection.param_parities,
             bounded=bijection.param_bounded,
             identity_init=getattr(flow_cfg, "identity_init", True),
+        )
+        conditioner: nn.Module = (
+            OddConvConditioner(ndim, **common)
+            if odd
+            else ConvConditioner(ndim, equivariant=flow_cfg.equivariant, **common)
         )
         layers.append(CouplingLayer(checkerboard((2,) * ndim, k % 2), conditioner, bijection))
     return Flow(StandardNormalPrior(shape), layers)

@@ -67,6 +67,22 @@ def test_bad_values_name_the_key(key, value, expected):
     assert "\n" not in msg.strip()
 
 
+@pytest.mark.parametrize(
+    "flow,expected",
+    [
+        ({"conditioner": "odd", "activation": "silu"}, r"flow\.activation.*'silu'.*tanh or softsign"),
+        ({"conditioner": "odd", "equivariant": False}, r"flow\.conditioner.*'odd'.*equivariant"),
+        ({"conditioner": "even"}, r"flow\.conditioner.*symmetrized, odd"),
+    ],
+)
+def test_odd_conditioner_config_errors(flow, expected):
+    raw = _with("flow", {"n_layers": 2, "hidden_channels": [4], "activation": "tanh", **flow})
+    with pytest.raises(ConfigError, match=expected):
+        config_from_dict(raw)
+    ok = config_from_dict(_with("flow", {"conditioner": "odd", "activation": "softsign"}))
+    assert ok.flow.conditioner == "odd"
+
+
 def test_free_field_needs_positive_mass():
     raw = _with("action", {"m2": 0.0, "lam": 0.0})
     with pytest.raises(ConfigError, match="m2 > 0"):

@@ -24,10 +24,18 @@ from lattice_flows.flows import (
     build_baseline_flow,
     build_flow,
     checkerboard,
+    make_conv_net,
 )
 from lattice_flows.theory.phi4 import Phi4Action
 
 SMALL = dict(n_layers=4, hidden_channels=(8, 8), kernel_size=3)
+# the three conditioner nets: symmetrised equivariant, non-equivariant, odd equivariant
+NETS = [
+    dict(equivariant=True),
+    dict(equivariant=False),
+    dict(equivariant=True, conditioner="odd", activation="tanh"),
+]
+NET_IDS = ["symmetrized", "plain", "odd"]
 DEFAULT_SIZE = dict(n_layers=16, hidden_channels=(32, 32))  # the FlowConfig defaults
 
 
@@ -77,10 +85,10 @@ def test_prior_log_prob():
 # --------------------------------------------------------------------------- invertibility
 
 
-@pytest.mark.parametrize("equivariant", [True, False])
+@pytest.mark.parametrize("net", NETS, ids=NET_IDS)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-def test_invertibility(equivariant, dtype, tol):
-    flow = make(dtype=dtype, n_layers=16, equivariant=equivariant, fourier_layer=True,
+def test_invertibility(net, dtype, tol):
+    flow = make(dtype=dtype, n_layers=16, **net, fourier_layer=True,
                 zero_mode_layer=True)
     z = torch.randn(8, 4, 4, dtype=dtype)
     phi, logdet = flow(z)
@@ -114,6 +122,8 @@ def autograd_logdet(flow: Flow, z: torch.Tensor) -> torch.Tensor:
         ((4, 4, 4), dict(equivariant=True, fourier_layer=True, n_layers=2, hidden_channels=(4,))),
         ((4, 4), dict(equivariant=True, fourier_layer=True, zero_mode_layer=True)),
         ((6,), dict(equivariant=True, fourier_layer=False, zero_mode_layer=True, n_layers=2)),
+        ((4, 4), dict(conditioner="odd", activation="tanh", zero_mode_layer=True)),
+        ((4, 4, 4), dict(conditioner="odd", activation="softsign", n_layers=2, hidden_channels=(4,))),
     ],
 )
 def test_logdet_matches_autograd_jacobian(shape, cfg):
@@ -179,6 +189,37 @@ def test_z2_equivariance_exact(dtype, activation):
     assert torch.equal(z_m, -z_p) and torch.equal(ld_inv_m, ld_inv_p)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["tanh", "softsign"])
+def test_z2_equivariance_exact_odd_conditioner(dtype, activation):
+    flow = make(dtype=dtype, n_layers=8, conditioner="odd", activation=activation,
+                fourier_layer=True, zero_mode_layer=True)
+    z = torch.randn(6, 4, 4, dtype=dtype)
+    phi, logdet = flow(z)
+    phi_m, logdet_m = flow(-z)
+    assert (phi - z).abs().max() > 0.1
+    assert torch.equal(phi_m, -phi)
+    assert torch.equal(logdet_m, logdet)
+    z_m, ld_inv_m = flow.inverse(-phi)
+    z_p, ld_inv_p = flow.inverse(phi)
+    assert torch.equal(z_m, -z_p) and torch.equal(ld_inv_m, ld_inv_p)
+
+
+def test_odd_conditioner_parity_of_outputs():
+    """s (channel 0) is even and t (channel 1) odd, and both depend on the input."""
+    from lattice_flows.flows.nets import OddConvConditioner
+
+    torch.manual_seed(2)
+    net = OddConvConditioner(2, (6, 6), 3, "tanh", identity_init=False).double()
+    x = torch.randn(3, 6, 6, dtype=torch.float64)
+    p, p_m = net(x), net(-x)
+    assert torch.equal(p_m[:, 0], p[:, 0]) and torch.equal(p_m[:, 1], -p[:, 1])
+    assert p[:, 0].std() > 1e-3 and p[:, 1].std() > 1e-3
+    assert sum(m.bias is not None for m in net.modules() if isinstance(m, torch.nn.Conv2d)) == 1
+    with pytest.raises(ValueError, match="odd activation.*silu"):
+        OddConvConditioner(2, (4,), 3, "silu")
+
+
 def test_non_equivariant_flow_breaks_z2():
     """Sanity check that the Z2 test has teeth: the baseline is not Z2-equivariant."""
     torch.manual_seed(0)
@@ -188,9 +229,9 @@ def test_non_equivariant_flow_breaks_z2():
 
 
 @pytest.mark.parametrize("shift", [(1, 1), (2, 0), (0, 2), (-1, 1)])
-@pytest.mark.parametrize("equivariant", [True, False])
-def test_translation_equivariance(shift, equivariant):
-    flow = make(shape=(4, 6), n_layers=8, equivariant=equivariant, fourier_layer=True,
+@pytest.mark.parametrize("net", NETS, ids=NET_IDS)
+def test_translation_equivariance(shift, net):
+    flow = make(shape=(4, 6), n_layers=8, **net, fourier_layer=True,
                 zero_mode_layer=True)
     z = torch.randn(3, 4, 6, dtype=torch.float64)
     phi, logdet = flow(z)
@@ -210,11 +251,11 @@ def test_odd_shift_is_not_a_symmetry():
 # --------------------------------------------------------------------------- batch independence
 
 
-@pytest.mark.parametrize("equivariant", [True, False])
-def test_batch_independence(equivariant):
+@pytest.mark.parametrize("net", NETS, ids=NET_IDS)
+def test_batch_independence(net):
     # float64: batch-size dependent convolution algorithms change float32 results by rounding
     # (~1e-6), which says nothing about batch coupling; in float64 any coupling would show
-    flow = make(dtype=torch.float64, n_layers=16, equivariant=equivariant, fourier_layer=True,
+    flow = make(dtype=torch.float64, n_layers=16, **net, fourier_layer=True,
                 zero_mode_layer=True)
     with torch.no_grad():
         phi, _ = flow.sample(16, generator=torch.Generator().manual_seed(3))
@@ -234,9 +275,9 @@ def test_batch_independence(equivariant):
 # --------------------------------------------------------------------------- sample vs log_prob
 
 
-@pytest.mark.parametrize("equivariant", [True, False])
-def test_sample_log_q_matches_log_prob(equivariant):
-    flow = make(dtype=torch.float32, n_layers=16, equivariant=equivariant, fourier_layer=True,
+@pytest.mark.parametrize("net", NETS, ids=NET_IDS)
+def test_sample_log_q_matches_log_prob(net):
+    flow = make(dtype=torch.float32, n_layers=16, **net, fourier_layer=True,
                 zero_mode_layer=True)
     with torch.no_grad():
         phi, log_q = flow.sample(64, generator=torch.Generator().manual_seed(4))
@@ -247,11 +288,11 @@ def test_sample_log_q_matches_log_prob(equivariant):
 # --------------------------------------------------------------------------- initialisation
 
 
-@pytest.mark.parametrize("equivariant", [True, False])
-def test_fresh_flow_is_identity(equivariant):
+@pytest.mark.parametrize("net", NETS, ids=NET_IDS)
+def test_fresh_flow_is_identity(net):
     torch.manual_seed(0)
     cfg = FlowConfig(
-        n_layers=6, hidden_channels=(8, 8), equivariant=equivariant, fourier_layer=False
+        n_layers=6, hidden_channels=(8, 8), **net, fourier_layer=False
     )
     flow = build_flow(cfg, (4, 4))
     z = torch.randn(5, 4, 4)
@@ -268,12 +309,33 @@ def test_baseline_flow_architecture():
     assert all(not c.conditioner.equivariant for c in couplings)
     convs = [m for m in couplings[0].conditioner.net if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 8, 2]
-    assert all(c.kernel_size == (3, 3) and c.padding_mode == "circular" for c in convs)
+    assert all(c.kernel_size == (3, 3) and c.padding == (0, 0) for c in convs)
+    assert couplings[0].conditioner.net.radius == 3  # periodic extension once, 3 valid convs
     # parities alternate: layer k updates the sites with (x + y) % 2 == k % 2
     for k, c in enumerate(couplings):
         assert torch.equal(c.mask_active, checkerboard((2, 2), k % 2))
     # 3 convs: (1*8*9 + 8) + (8*8*9 + 8) + (8*2*9 + 2) = 810 per layer
     assert flow.n_params() == 16 * 810
+
+
+@pytest.mark.parametrize("ndim,extent", [(1, 6), (2, 4), (2, 2), (3, 2)])
+def test_periodic_conv_net_equals_circular_padding(ndim, extent):
+    """The extend-once net equals the same convs with circular 'same' padding, also when the
+    receptive radius (3) exceeds the lattice extent (2)."""
+    torch.manual_seed(ndim)
+    net = make_conv_net(ndim, 1, (5, 4), 2, 3, "silu", identity_init=False).double()
+    conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[ndim]
+    ref_layers = []
+    for m in net:
+        if isinstance(m, conv):
+            c = conv(m.in_channels, m.out_channels, 3, padding=1, padding_mode="circular").double()
+            c.load_state_dict(m.state_dict())
+            ref_layers.append(c)
+        else:
+            ref_layers.append(m)
+    ref = torch.nn.Sequential(*ref_layers)
+    x = torch.randn(3, 1, *[extent] * ndim, dtype=torch.float64)
+    torch.testing.assert_close(net(x), ref(x), rtol=1e-12, atol=1e-12)
 
 
 def test_coupling_updates_only_active_sites():
@@ -329,16 +391,16 @@ def test_fourier_m2_init_must_be_positive():
 # --------------------------------------------------------------------------- size-agnostic
 
 
-@pytest.mark.parametrize("equivariant", [True, False])
-def test_same_flow_runs_at_two_lattice_sizes(equivariant):
-    flow = make(shape=(4, 4), dtype=torch.float64, n_layers=8, equivariant=equivariant)
+@pytest.mark.parametrize("net", NETS, ids=NET_IDS)
+def test_same_flow_runs_at_two_lattice_sizes(net):
+    flow = make(shape=(4, 4), dtype=torch.float64, n_layers=8, **net)
     state = copy.deepcopy(flow.state_dict())
     for shape in [(4, 4), (8, 8), (4, 4)]:
         phi, log_q = flow.sample(4, generator=torch.Generator().manual_seed(7), lattice_shape=shape)
         assert phi.shape == (4, *shape) and torch.isfinite(log_q).all()
         assert torch.allclose(flow.log_prob(phi), log_q, atol=1e-10)
     # a flow built at 8x8 loads the 4x4 flow's parameters (nothing depends on L)
-    cfg = FlowConfig(**{**SMALL, "n_layers": 8, "equivariant": equivariant})
+    cfg = FlowConfig(**{**SMALL, "n_layers": 8, **net})
     other = build_flow(cfg, (8, 8)).double()
     other.load_state_dict(state)
     z = torch.randn(2, 8, 8, dtype=torch.float64)
