@@ -19,6 +19,7 @@ Output: a markdown table and a plot of acceptance and ESS versus L in benchmarks
     python benchmarks/ladder.py --rungs 8,12,16,20,32 --budget-scale 1.0
     python benchmarks/ladder.py --quick               # smoke test: tiny budgets
     python benchmarks/ladder.py --rungs 20,32 --append  # add rungs to the committed table
+    python benchmarks/ladder.py --rungs 20,32 --append --reuse-hmc --init-from runs/L16/flow.pt
 """
 
 from __future__ import annotations
@@ -65,8 +66,29 @@ def xi_from_rows(rows) -> tuple[float, float]:
     return best
 
 
+HMC_KEYS = ("hmc_tau_int_absM", "hmc_tau_int_M2", "hmc_cpu_s_per_traj", "hmc_acceptance",
+            "hmc_n_traj", "hmc_chains", "xi", "xi_error")
+
+
+def hmc_figures(cfg) -> dict:
+    """HMC of the rung's ``hmc`` section: tau_int of |M| and M^2, CPU-s per trajectory, xi."""
+    t = time.process_time()
+    hmc_sf = SampleFile(run_hmc(cfg, progress=False))
+    hmc_cpu = float(hmc_sf.attrs.get("cpu_s", time.process_time() - t))
+    rows = {r.name: r for r in analyze_samples(hmc_sf)}
+    n_traj_chains = hmc_sf.n_saved * hmc_sf.n_chains
+    xi, dxi = xi_from_rows(rows.values())
+    return {
+        "hmc_tau_int_absM": rows["absM"].est.tau_int, "hmc_tau_int_M2": rows["M2"].est.tau_int,
+        # thermalisation excluded (cpu_s counts production)
+        "hmc_cpu_s_per_traj": hmc_cpu / n_traj_chains,
+        "hmc_acceptance": float(hmc_sf.accepted().mean()),
+        "hmc_n_traj": hmc_sf.n_saved, "hmc_chains": hmc_sf.n_chains, "xi": xi, "xi_error": dxi,
+    }
+
+
 def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: Path | None,
-             quick: bool, eval_samples: int) -> dict:
+             quick: bool, eval_samples: int, reuse_hmc: dict | None = None) -> dict:
     raw = json.loads(json.dumps(raw))
     raw["device"] = "cpu" if not torch.cuda.is_available() else raw.get("device", "auto")
     raw["output"]["dir"] = str(work / f"L{L}")
@@ -78,15 +100,7 @@ def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: 
     cfg = config_from_dict(raw)
     budget_kind = "GPU-s" if torch.cuda.is_available() else "CPU-s (1 thread)"
 
-    t = time.process_time()
-    hmc_sf = SampleFile(run_hmc(cfg, progress=False))
-    hmc_cpu = float(hmc_sf.attrs.get("cpu_s", time.process_time() - t))
-    rows = {r.name: r for r in analyze_samples(hmc_sf)}
-    n_traj_chains = hmc_sf.n_saved * hmc_sf.n_chains
-    cpu_per_traj = hmc_cpu / n_traj_chains  # thermalisation excluded (cpu_s counts production)
-    tau_hmc_absM = rows["absM"].est.tau_int
-    tau_hmc_M2 = rows["M2"].est.tau_int
-    xi, dxi = xi_from_rows(rows.values())
+    hmc = dict(reuse_hmc) if reuse_hmc else hmc_figures(cfg)
 
     res = train_flow(cfg, progress=False)
     flow = load_flow(Path(cfg.output.dir) / "flow.pt", cfg.lattice.shape,
@@ -98,16 +112,13 @@ def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: 
     cpu_per_proposal = (time.process_time() - cpu0) / eval_samples
     flow_cost = cpu_per_proposal * 2 * ev["tau_int_M2"]
     flow_cost_amortised = (cpu_per_proposal + res.train_cpu_s / AMORTISE_SAMPLES) * 2 * ev["tau_int_M2"]
-    hmc_cost = cpu_per_traj * 2 * tau_hmc_M2
+    hmc_cost = hmc["hmc_cpu_s_per_traj"] * 2 * hmc["hmc_tau_int_M2"]
     return {
         "L": L, "lam": cfg.action.lam, "budget_s": round(res.train_cpu_s, 1), "budget_kind": budget_kind,
         "train_steps": res.steps, "ess": ev["ess"], "acceptance": ev["acceptance"],
         "tau_int_absM": ev["tau_int_absM"], "tau_int_M2": ev["tau_int_M2"],
         "proposals_per_s": ev["proposals_per_s"], "eval_samples": ev["n_samples"],
-        "hmc_tau_int_absM": tau_hmc_absM, "hmc_tau_int_M2": tau_hmc_M2,
-        "hmc_cpu_s_per_traj": cpu_per_traj, "hmc_acceptance": float(hmc_sf.accepted().mean()),
-        "hmc_n_traj": hmc_sf.n_saved, "hmc_chains": hmc_sf.n_chains,
-        "xi": xi, "xi_error": dxi, "xi_target": L / 4,
+        **hmc, "hmc_reused": bool(reuse_hmc), "xi_target": L / 4,
         "hmc_cpu_s_per_eff_M2": hmc_cost, "flow_cpu_s_per_eff_M2": flow_cost,
         "flow_cpu_s_per_eff_M2_amortised": flow_cost_amortised,
         "cost_ratio_flow_over_hmc": flow_cost / hmc_cost,
@@ -133,9 +144,14 @@ def markdown(rows: list[dict], hw: dict) -> str:
     lines.append("")
     for r in rows:  # how each rung started (runs of several invocations can be merged: --append)
         extra = ", ".join(r.get("overrides") or []) or "none"
-        start = ("initialised from the L = " + Path(r["transfer_from"]).parent.name[1:] + " flow"
-                 if r.get("transfer_from") else "trained from scratch")
-        lines.append(f"* L = {r['L']}: {start}; config overrides: {extra}.")
+        if r.get("init_desc"):
+            start = "initialised from " + r["init_desc"]
+        elif r.get("transfer_from"):
+            start = "initialised from the L = " + Path(r["transfer_from"]).parent.name[1:] + " flow"
+        else:
+            start = "trained from scratch"
+        hmc = "; HMC figures reused from the earlier run of this rung" if r.get("hmc_reused") else ""
+        lines.append(f"* L = {r['L']}: {start}; config overrides: {extra}{hmc}.")
     lines.append("")
     lines.append(f"Hardware: {hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), "
                  f"CUDA: {hw['cuda']}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
@@ -177,6 +193,13 @@ def main() -> int:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of every rung (like the CLI), e.g. flow.zero_mode_layer=true")
+    p.add_argument("--init-from", default=None, metavar="FLOW_PT",
+                   help="start the first rung from this flow.pt instead of from scratch")
+    p.add_argument("--init-desc", default=None,
+                   help="how to describe --init-from in the results (provenance of that flow)")
+    p.add_argument("--reuse-hmc", action="store_true",
+                   help="take the HMC figures of a rung from results/ladder.json when it has a row "
+                        "with the same L and lam (HMC does not depend on the flow)")
     p.add_argument("--append", action="store_true",
                    help="merge these rungs into the existing results/ladder.json (rows of other L kept)")
     args = p.parse_args()
@@ -189,13 +212,24 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     hw = hardware()
     print(f"# E-ladder benchmark; hardware: {hw}", flush=True)
-    rows, prev = [], None
-    for L in [int(x) for x in args.rungs.split(",")]:
+    res = Path(args.results)
+    old_rows = (json.loads((res / "ladder.json").read_text())["rows"]
+                if (res / "ladder.json").exists() else [])
+    rows, prev = [], Path(args.init_from) if args.init_from else None
+    for i, L in enumerate([int(x) for x in args.rungs.split(",")]):
         raw = apply_overrides(load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml"), args.overrides)
         scale = args.budget_scale * (0.05 if args.quick else 1.0)
+        reuse = None
+        if args.reuse_hmc:
+            same = [r for r in old_rows if r["L"] == L and r["lam"] == raw["action"]["lam"]]
+            if same:
+                reuse = {k: same[0][k] for k in HMC_KEYS}
         t0 = time.time()
-        row = run_rung(L, raw, work, scale, None if args.no_transfer else prev, args.quick,
-                       1024 if args.quick else args.eval_samples)
+        start = prev if (i == 0 or not args.no_transfer) else None  # i == 0: --init-from or None
+        row = run_rung(L, raw, work, scale, start, args.quick,
+                       1024 if args.quick else args.eval_samples, reuse)
+        if i == 0 and args.init_from:
+            row["init_desc"] = args.init_desc or f"the flow {args.init_from}"
         row["wall_s"] = time.time() - t0
         row["overrides"] = list(args.overrides)
         rows.append(row)
@@ -204,7 +238,6 @@ def main() -> int:
               f"(target {L / 4:.0f}), HMC tau_int(M2) {row['hmc_tau_int_M2']:.2f}, "
               f"cost ratio flow/HMC {row['cost_ratio_flow_over_hmc']:.3g} [{row['wall_s']:.0f} s]",
               flush=True)
-    res = Path(args.results)
     if args.append and (res / "ladder.json").exists():
         kept = [r for r in json.loads((res / "ladder.json").read_text())["rows"]
                 if r["L"] not in {row["L"] for row in rows}]
