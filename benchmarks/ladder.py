@@ -87,8 +87,27 @@ def hmc_figures(cfg) -> dict:
     }
 
 
+def trained_rung(run_dir: Path, cfg) -> tuple[int, float, str | None]:
+    """(steps, training CPU-s, init_from) of a flow already trained in ``run_dir`` (``lattice-flows
+    train`` of the rung's config); refuses a folder whose lattice, action, flow or train budget
+    differ from the rung's config (after overrides)."""
+    from lattice_flows.io.runfolder import read_run_config
+
+    done = read_run_config(run_dir)
+    if done is None:
+        raise SystemExit(f"{run_dir}: no config.yaml; not a trained run folder")
+    for sec in ("lattice", "action", "flow"):
+        if getattr(done, sec) != getattr(cfg, sec):
+            raise SystemExit(f"{run_dir}: its '{sec}' section differs from the rung's config")
+    if done.train.time_budget != cfg.train.time_budget or done.train.objective != cfg.train.objective:
+        raise SystemExit(f"{run_dir}: its training budget or objective differs from the rung's config")
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    return int(summary["steps"]), float(summary["train_cpu_s"]), done.train.init_from
+
+
 def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: Path | None,
-             quick: bool, eval_samples: int, reuse_hmc: dict | None = None) -> dict:
+             quick: bool, eval_samples: int, reuse_hmc: dict | None = None,
+             trained: Path | None = None) -> dict:
     raw = json.loads(json.dumps(raw))
     raw["device"] = "cpu" if not torch.cuda.is_available() else raw.get("device", "auto")
     raw["output"]["dir"] = str(work / f"L{L}")
@@ -102,8 +121,14 @@ def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: 
 
     hmc = dict(reuse_hmc) if reuse_hmc else hmc_figures(cfg)
 
-    res = train_flow(cfg, progress=False)
-    flow = load_flow(Path(cfg.output.dir) / "flow.pt", cfg.lattice.shape,
+    if trained is not None:  # evaluate a flow trained before (same config), do not train
+        steps, train_cpu_s, init = trained_rung(trained, cfg)
+        transfer_from = Path(init) if init else None
+        flow_dir = trained
+    else:
+        res = train_flow(cfg, progress=False)
+        steps, train_cpu_s, flow_dir = res.steps, res.train_cpu_s, Path(cfg.output.dir)
+    flow = load_flow(flow_dir / "flow.pt", cfg.lattice.shape,
                      resolve_device(cfg.device), torch.float32)
     action = Phi4Action(cfg.action.m2, cfg.action.lam, 2)
     gen = make_generator(resolve_device(cfg.device), derive_seed(cfg.seed, 0, 77))
@@ -111,11 +136,11 @@ def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: 
     ev = evaluate_flow(flow, action, eval_samples, 1024 if L <= 32 else 256, gen)
     cpu_per_proposal = (time.process_time() - cpu0) / eval_samples
     flow_cost = cpu_per_proposal * 2 * ev["tau_int_M2"]
-    flow_cost_amortised = (cpu_per_proposal + res.train_cpu_s / AMORTISE_SAMPLES) * 2 * ev["tau_int_M2"]
+    flow_cost_amortised = (cpu_per_proposal + train_cpu_s / AMORTISE_SAMPLES) * 2 * ev["tau_int_M2"]
     hmc_cost = hmc["hmc_cpu_s_per_traj"] * 2 * hmc["hmc_tau_int_M2"]
     return {
-        "L": L, "lam": cfg.action.lam, "budget_s": round(res.train_cpu_s, 1), "budget_kind": budget_kind,
-        "train_steps": res.steps, "ess": ev["ess"], "acceptance": ev["acceptance"],
+        "L": L, "lam": cfg.action.lam, "budget_s": round(train_cpu_s, 1), "budget_kind": budget_kind,
+        "train_steps": steps, "trained_in": str(trained) if trained else None, "ess": ev["ess"], "acceptance": ev["acceptance"],
         "tau_int_absM": ev["tau_int_absM"], "tau_int_M2": ev["tau_int_M2"],
         "proposals_per_s": ev["proposals_per_s"], "eval_samples": ev["n_samples"],
         **hmc, "hmc_reused": bool(reuse_hmc), "xi_target": L / 4,
@@ -200,6 +225,9 @@ def main() -> int:
     p.add_argument("--reuse-hmc", action="store_true",
                    help="take the HMC figures of a rung from results/ladder.json when it has a row "
                         "with the same L and lam (HMC does not depend on the flow)")
+    p.add_argument("--flows-from", default=None, metavar="DIR",
+                   help="evaluate the flows already trained in DIR/L<L> (run folders of the rungs' "
+                        "configs, e.g. from 'lattice-flows train') instead of training")
     p.add_argument("--append", action="store_true",
                    help="merge these rungs into the existing results/ladder.json (rows of other L kept)")
     args = p.parse_args()
@@ -227,7 +255,8 @@ def main() -> int:
         t0 = time.time()
         start = prev if (i == 0 or not args.no_transfer) else None  # i == 0: --init-from or None
         row = run_rung(L, raw, work, scale, start, args.quick,
-                       1024 if args.quick else args.eval_samples, reuse)
+                       1024 if args.quick else args.eval_samples, reuse,
+                       Path(args.flows_from) / f"L{L}" if args.flows_from else None)
         if i == 0 and args.init_from:
             row["init_desc"] = args.init_desc or f"the flow {args.init_from}"
         row["wall_s"] = time.time() - t0
