@@ -380,7 +380,8 @@ _TRAIN = {
     "optimizer": _Field("choice", "adam", choices=("adam", "adamw")),
     "weight_decay": _Field("float", 0.0, "a number >= 0", _nonneg),
     "objective": _Field(
-        "choice", "reverse", choices=("reverse", "path_gradient", "forward", "mixed")
+        "choice", "reverse",
+        choices=("reverse", "path_gradient", "path_gradient_fast", "forward", "mixed"),
     ),
     "data": _Field("optional_path", None, "a path to a lattice_flows HDF5 sample file (e.g. hmc.h5) or null"),
     "alpha": _Field("float", 0.5, "a number in [0, 1] (weight of reverse KL in 'mixed')", lambda x: 0 <= x <= 1),
