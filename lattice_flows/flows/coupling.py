@@ -58,7 +58,8 @@ class CouplingLayer(nn.Module):
         self.conditioner = conditioner
         self.bijection = bijection
 
-    def _mask(self, x: torch.Tensor) -> torch.Tensor:
+    def active_sites(self, x: torch.Tensor) -> torch.Tensor:
+        """The bool mask of the updated sites, tiled to the lattice of ``x`` (batch, L...)."""
         return tile_mask(self.mask_active, tuple(x.shape[1:]))
 
     def _params(self, x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -66,13 +67,13 @@ class CouplingLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (y, log|det dy/dx|) with the log-det of shape ``(batch,)``."""
-        active = self._mask(x)
+        active = self.active_sites(x)
         y_all, ld_all = self.bijection.forward(x, *self._params(x, active))
         return self._combine(x, y_all, ld_all, active)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (x, log|det dx/dy|) with the log-det of shape ``(batch,)``."""
-        active = self._mask(y)
+        active = self.active_sites(y)
         x_all, ld_all = self.bijection.inverse(y, *self._params(y, active))
         return self._combine(y, x_all, ld_all, active)
 

@@ -129,7 +129,7 @@ class FastPathGradientKL:
 
 def _affine_coupling_score(layer, x: torch.Tensor, score: torch.Tensor):
     """(y, log|det J|, score at y) of one affine coupling; see :class:`FastPathGradientKL`."""
-    active = layer._mask(x)
+    active = layer.active_sites(x)
     x_in = x.masked_fill(active, 0.0)
     s, t = layer.conditioner(x_in).unbind(1)
     y_all = x * torch.exp(s) + t
