@@ -64,6 +64,7 @@ from lattice_flows.mcmc.metropolis import accept_reject  # noqa: E402
 from lattice_flows.statistics import effective_sample_size, gamma_method  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
 from lattice_flows.training.trainer import FLOW_NAME, load_flow_weights, train_flow  # noqa: E402
+from lattice_flows.malloc import keep_freed_memory  # noqa: E402
 
 SHAPE, M2, LAM = (8, 8), -4.0, 8.0
 REPO = Path(__file__).resolve().parent.parent
@@ -178,6 +179,7 @@ def hardware() -> dict:
 
 
 def main(argv=None) -> int:
+    keep_freed_memory()  # the same allocator settings for every variant (lattice_flows/malloc.py)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=150.0, help="CPU-seconds of training per flow")
     ap.add_argument("--quick", action="store_true", help="20 CPU-s budget, 2048 samples")

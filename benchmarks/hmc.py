@@ -51,6 +51,7 @@ from lattice_flows.mcmc.hmc import HMC, DualAveraging
 from lattice_flows.observables import measure
 from lattice_flows.statistics import gamma_method
 from lattice_flows.theory.phi4 import Phi4Action
+from lattice_flows.malloc import keep_freed_memory  # noqa: E402
 
 M2, LAM, NDIM = -4.0, 8.0, 2
 N_STEPS, JITTER, INTEGRATOR, TARGET_ACC = 10, 0.5, "leapfrog", 0.8
@@ -205,6 +206,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # the same allocator settings for every variant (lattice_flows/malloc.py)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="~30 s run with fewer trajectories")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")

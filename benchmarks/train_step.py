@@ -40,6 +40,7 @@ from lattice_flows.flows import build_flow  # noqa: E402
 from lattice_flows.flows.nets import PeriodicConvNet  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
 from lattice_flows.training.estimators import make_estimator  # noqa: E402
+from lattice_flows.malloc import keep_freed_memory  # noqa: E402
 
 _CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
@@ -64,6 +65,7 @@ def with_circular_padding(flow):
 
 
 def main() -> int:
+    keep_freed_memory()  # the same allocator settings for every variant (lattice_flows/malloc.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="8,16,32")
     p.add_argument("--batch", type=int, default=32)

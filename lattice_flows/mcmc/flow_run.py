@@ -37,6 +37,7 @@ from lattice_flows.io.checkpoint import (
 from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.mcmc.chain import (
     RowBuffer,
     check_resumable,
@@ -109,6 +110,7 @@ def run_sample(cfg: Config, run_dir: str | Path | None = None, progress: bool = 
                world=None) -> Path:
     """Run (or resume) flow production for ``cfg``; returns the sample file path (with several
     MPI ranks: the merged view of the rank files)."""
+    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
     if cfg.sample is None:
         raise ConfigError("config section 'sample' is missing; it is required by 'lattice-flows sample'.")
     run_dir = Path(run_dir or cfg.output.dir)

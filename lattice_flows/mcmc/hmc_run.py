@@ -19,6 +19,7 @@ from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
 from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.mcmc.chain import (
     RowBuffer, check_resumable, derive_seed, finish_parallel, log, make_generator,
     observable_specs, production_paths,
@@ -43,6 +44,7 @@ def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tru
             world=None) -> Path:
     """Run (or resume, or extend) the HMC production of ``cfg``; returns the sample file path
     (with several MPI ranks: the merged view of the rank files)."""
+    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
     if cfg.hmc is None:
         raise ConfigError("config section 'hmc' is missing; it is required by 'lattice-flows hmc'.")
     h = cfg.hmc

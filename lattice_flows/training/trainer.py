@@ -37,6 +37,7 @@ from lattice_flows.io.checkpoint import (
 )
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.io.train_log import TrainLog
 from lattice_flows.mcmc.chain import check_resumable, derive_seed, log, make_generator
 from lattice_flows.mcmc.metropolis import acceptance_rate
@@ -141,6 +142,7 @@ def evaluate_flow(flow: Flow, action: Phi4Action, n_samples: int, batch_size: in
     """Flow quality on ``n_samples`` fresh samples (CONVENTIONS.md "Statistics"): ESS/N, the
     acceptance of one independence-Metropolis chain over them, tau_int of |M| and M^2 along that
     chain (Gamma-method), and proposals per second (sampling + action, no autograd)."""
+    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
     from lattice_flows.mcmc.metropolis import independence_chain_indices
     from lattice_flows.statistics import gamma_method
 
@@ -180,6 +182,7 @@ def evaluate_flow(flow: Flow, action: Phi4Action, n_samples: int, batch_size: in
 def train_flow(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
                world=None) -> TrainResult:
     """Train (or resume) the flow of ``cfg``; see the module docstring for the run folder."""
+    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
     if cfg.flow is None or cfg.train is None:
         missing = "flow" if cfg.flow is None else "train"
         raise ConfigError(f"config section '{missing}' is missing; it is required by 'lattice-flows train'.")
