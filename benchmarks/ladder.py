@@ -132,6 +132,9 @@ def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: 
                      resolve_device(cfg.device), torch.float32)
     action = Phi4Action(cfg.action.m2, cfg.action.lam, 2)
     gen = make_generator(resolve_device(cfg.device), derive_seed(cfg.seed, 0, 77))
+    if trained is not None:  # warm up (oneDNN kernels, allocator) as training does otherwise
+        evaluate_flow(flow, action, 2048, 1024 if L <= 32 else 256,
+                      make_generator(resolve_device(cfg.device), derive_seed(cfg.seed, 0, 78)))
     cpu0 = time.process_time()
     ev = evaluate_flow(flow, action, eval_samples, 1024 if L <= 32 else 256, gen)
     cpu_per_proposal = (time.process_time() - cpu0) / eval_samples
@@ -176,7 +179,8 @@ def markdown(rows: list[dict], hw: dict) -> str:
         else:
             start = "trained from scratch"
         hmc = "; HMC figures reused from the earlier run of this rung" if r.get("hmc_reused") else ""
-        lines.append(f"* L = {r['L']}: {start}; config overrides: {extra}{hmc}.")
+        note = f" {r['note']}" if r.get("note") else ""
+        lines.append(f"* L = {r['L']}: {start}; config overrides: {extra}{hmc}.{note}")
     lines.append("")
     lines.append(f"Hardware: {hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), "
                  f"CUDA: {hw['cuda']}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
@@ -228,8 +232,10 @@ def main() -> int:
     p.add_argument("--flows-from", default=None, metavar="DIR",
                    help="evaluate the flows already trained in DIR/L<L> (run folders of the rungs' "
                         "configs, e.g. from 'lattice-flows train') instead of training")
+    p.add_argument("--note", default=None, help="a remark stored with these rows and printed with them")
     p.add_argument("--append", action="store_true",
-                   help="merge these rungs into the existing results/ladder.json (rows of other L kept)")
+                   help="merge these rungs into the existing results/ladder.json (rows of other L "
+                        "and its 'earlier_runs', each {title, rows}, kept)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -261,13 +267,17 @@ def main() -> int:
             row["init_desc"] = args.init_desc or f"the flow {args.init_from}"
         row["wall_s"] = time.time() - t0
         row["overrides"] = list(args.overrides)
+        if args.note:
+            row["note"] = args.note
         rows.append(row)
         prev = work / f"L{L}" / "flow.pt"
         print(f"L={L}: acceptance {row['acceptance']:.3f}, ESS/N {row['ess']:.3f}, xi {row['xi']:.2f} "
               f"(target {L / 4:.0f}), HMC tau_int(M2) {row['hmc_tau_int_M2']:.2f}, "
               f"cost ratio flow/HMC {row['cost_ratio_flow_over_hmc']:.3g} [{row['wall_s']:.0f} s]",
               flush=True)
+    earlier: dict = {}
     if args.append and (res / "ladder.json").exists():
+        earlier = json.loads((res / "ladder.json").read_text()).get("earlier_runs", {})
         kept = [r for r in json.loads((res / "ladder.json").read_text())["rows"]
                 if r["L"] not in {row["L"] for row in rows}]
         rows = sorted(kept + rows, key=lambda r: r["L"])
@@ -275,8 +285,11 @@ def main() -> int:
     print(md)
     if not args.quick:
         res.mkdir(parents=True, exist_ok=True)
+        for run in earlier.values():  # earlier runs kept for comparison (--append)
+            md += "\n\n" + run["title"] + "\n\n" + markdown(run["rows"], run.get("hardware", hw))
         (res / "ladder.md").write_text("# E-ladder: flow MCMC vs HMC\n\n" + md + "\n")
-        (res / "ladder.json").write_text(json.dumps({"rows": rows, "hardware": hw}, indent=1))
+        out = {"rows": rows, "hardware": hw, "earlier_runs": earlier}
+        (res / "ladder.json").write_text(json.dumps(out, indent=1))
         plot(rows, res / "ladder.png")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
