@@ -247,8 +247,8 @@ def main() -> int:
     hw = hardware()
     print(f"# E-ladder benchmark; hardware: {hw}", flush=True)
     res = Path(args.results)
-    old_rows = (json.loads((res / "ladder.json").read_text())["rows"]
-                if (res / "ladder.json").exists() else [])
+    committed = json.loads((res / "ladder.json").read_text()) if (res / "ladder.json").exists() else {}
+    old_rows = committed.get("rows", [])
     rows, prev = [], Path(args.init_from) if args.init_from else None
     for i, L in enumerate([int(x) for x in args.rungs.split(",")]):
         raw = apply_overrides(load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml"), args.overrides)
@@ -275,11 +275,9 @@ def main() -> int:
               f"(target {L / 4:.0f}), HMC tau_int(M2) {row['hmc_tau_int_M2']:.2f}, "
               f"cost ratio flow/HMC {row['cost_ratio_flow_over_hmc']:.3g} [{row['wall_s']:.0f} s]",
               flush=True)
-    earlier: dict = {}
-    if args.append and (res / "ladder.json").exists():
-        earlier = json.loads((res / "ladder.json").read_text()).get("earlier_runs", {})
-        kept = [r for r in json.loads((res / "ladder.json").read_text())["rows"]
-                if r["L"] not in {row["L"] for row in rows}]
+    earlier: dict = committed.get("earlier_runs", {}) if args.append else {}
+    if args.append:
+        kept = [r for r in old_rows if r["L"] not in {row["L"] for row in rows}]
         rows = sorted(kept + rows, key=lambda r: r["L"])
     md = markdown(rows, hw)
     print(md)

@@ -42,25 +42,13 @@ from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
 from lattice_flows.training.estimators import make_estimator  # noqa: E402
 from lattice_flows.malloc import keep_freed_memory  # noqa: E402
 
-_CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-
-
 def with_circular_padding(flow):
     """A copy of ``flow`` whose conditioner nets pad every convolution circularly (old code)."""
     old = copy.deepcopy(flow)
-    for module in old.modules():
+    for module in list(old.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, PeriodicConvNet):
-                layers = []
-                for m in child:
-                    if isinstance(m, _CONVS):
-                        c = type(m)(m.in_channels, m.out_channels, m.kernel_size,
-                                    padding=m.kernel_size[0] // 2, padding_mode="circular")
-                        c.load_state_dict(m.state_dict())
-                        layers.append(c)
-                    else:
-                        layers.append(m)
-                setattr(module, name, torch.nn.Sequential(*layers))
+                setattr(module, name, child.circular_padded())
     return old
 
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from lattice_flows import __version__
-from lattice_flows.malloc import keep_freed_memory
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -192,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     from lattice_flows.mcmc.flow_run import SamplingError
     from lattice_flows.training.trainer import TrainingError
 
-    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
     global _WORLD
     parser = build_parser()
     args = parser.parse_args(argv)

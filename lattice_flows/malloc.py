@@ -9,8 +9,9 @@ faults and zeroing, counted as CPU time of the process. Measured (one thread, fl
 9,300-9,500 with the thresholds below; training steps at batch 32 gain 3-6 %.
 
 :func:`keep_freed_memory` fixes the mmap threshold at its maximum (32 MiB) and the trim threshold
-at 1 GiB with ``mallopt``. Blocks larger than 32 MiB are still mapped fresh, which is why the
-conditioners evaluate large batches in chunks. The resident memory of a process then stays near
+at 1 GiB with ``mallopt``; ``train_flow``, ``run_hmc``, ``run_sample`` and ``evaluate_flow``
+call it, so every CLI command that computes does. Blocks larger than 32 MiB are still mapped
+fresh, which is why the conditioners evaluate large batches in chunks. The resident memory of a process then stays near
 its peak instead of shrinking between steps. Outside glibc (macOS, musl) it does nothing.
 """
 

@@ -69,18 +69,19 @@ class CouplingLayer(nn.Module):
         """Return (y, log|det dy/dx|) with the log-det of shape ``(batch,)``."""
         active = self.active_sites(x)
         y_all, ld_all = self.bijection.forward(x, *self._params(x, active))
-        return self._combine(x, y_all, ld_all, active)
+        return self.combine(x, y_all, ld_all, active)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (x, log|det dx/dy|) with the log-det of shape ``(batch,)``."""
         active = self.active_sites(y)
         x_all, ld_all = self.bijection.inverse(y, *self._params(y, active))
-        return self._combine(y, x_all, ld_all, active)
+        return self.combine(y, x_all, ld_all, active)
 
     @staticmethod
-    def _combine(
+    def combine(
         old: torch.Tensor, new: torch.Tensor, ld: torch.Tensor, active: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``new`` on the active sites and ``old`` elsewhere; log-det summed over active sites."""
         out = torch.where(active, new, old)
         logdet = torch.where(active, ld, torch.zeros((), dtype=ld.dtype, device=ld.device))
         return out, logdet.sum(dim=tuple(range(1, old.dim())))

@@ -101,6 +101,46 @@ class PeriodicConvNet(nn.Sequential):
         """(batch, C_in, L...) -> (batch, C_out, L...), periodic in every lattice axis."""
         return super().forward(periodic_extend(x, self.radius, self.ndim))
 
+    def circular_padded(self) -> nn.Sequential:
+        """The same net with circular 'same' padding in every convolution (the form this class
+        replaces; shared weights), as the reference in tests and benchmarks."""
+        layers: list[nn.Module] = []
+        for m in self:
+            if isinstance(m, tuple(_CONVS.values())):
+                c = type(m)(m.in_channels, m.out_channels, m.kernel_size,
+                            padding=m.kernel_size[0] // 2, padding_mode="circular")
+                c.weight, c.bias = m.weight, m.bias
+                layers.append(c)
+            else:
+                layers.append(m)
+        return nn.Sequential(*layers)
+
+
+def _conv_class(ndim: int, kernel_size: int) -> type[nn.Module]:
+    """Conv1d/2d/3d for d = 1, 2, 3, refusing other d and even or non-positive kernel sizes."""
+    if ndim not in _CONVS:
+        raise ValueError(f"conditioner nets exist for d = 1, 2, 3 dimensions, got d = {ndim}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(
+            f"kernel_size must be a positive odd integer ('same' padding), got {kernel_size}"
+        )
+    return _CONVS[ndim]
+
+
+def _check_parities(parities: Sequence[int], bounded: Sequence[bool]) -> None:
+    if len(parities) != len(bounded) or any(p not in (1, -1) for p in parities):
+        raise ValueError(
+            f"parities {tuple(parities)} must be +1/-1 per output channel and match "
+            f"bounded {tuple(bounded)} in length"
+        )
+
+
+def _in_chunks(fn, x: torch.Tensor, max_rows: int) -> torch.Tensor:
+    """fn(x) evaluated on at most ``max_rows`` rows at a time (rows are independent)."""
+    if x.shape[0] <= max_rows:
+        return fn(x)
+    return torch.cat([fn(c) for c in x.split(max_rows)], dim=0)
+
 
 def make_conv_net(
     ndim: int,
@@ -116,13 +156,7 @@ def make_conv_net(
     Periodic 'same' convolutions (see :class:`PeriodicConvNet`); the last convolution has zero
     weights and bias unless ``identity_init`` is false.
     """
-    if ndim not in _CONVS:
-        raise ValueError(f"conditioner nets exist for d = 1, 2, 3 dimensions, got d = {ndim}")
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(
-            f"kernel_size must be a positive odd integer ('same' padding), got {kernel_size}"
-        )
-    conv = _CONVS[ndim]
+    conv = _conv_class(ndim, kernel_size)
     sizes = [in_channels, *hidden_channels, out_channels]
     layers: list[nn.Module] = []
     for i, (c_in, c_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -193,11 +227,7 @@ class ConvConditioner(nn.Module):
         identity_init: bool = True,
     ) -> None:
         super().__init__()
-        if len(parities) != len(bounded) or any(p not in (1, -1) for p in parities):
-            raise ValueError(
-                f"parities {tuple(parities)} must be +1/-1 per output channel and match "
-                f"bounded {tuple(bounded)} in length"
-            )
+        _check_parities(parities, bounded)
         self.ndim = ndim
         self.n_out = len(parities)
         self.equivariant = bool(equivariant)
@@ -219,9 +249,7 @@ class ConvConditioner(nn.Module):
     max_rows = 256
 
     def _net_chunked(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= self.max_rows:
-            return self.net(x)
-        return torch.cat([self.net(c) for c in x.split(self.max_rows)], dim=0)
+        return _in_chunks(self.net, x, self.max_rows)
 
     def forward(self, x_frozen: torch.Tensor) -> torch.Tensor:
         """Parameters, shape ``(batch, n_out, L_1, ..., L_d)``, from ``(batch, L_1, ..., L_d)``."""
@@ -270,20 +298,10 @@ class OddConvConditioner(nn.Module):
                 f"the odd conditioner needs an odd activation; '{activation}' is not one, "
                 f"allowed are {', '.join(ODD_ACTIVATIONS)}"
             )
-        if ndim not in _CONVS:
-            raise ValueError(f"conditioner nets exist for d = 1, 2, 3 dimensions, got d = {ndim}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be a positive odd integer ('same' padding), got {kernel_size}"
-            )
-        if len(parities) != len(bounded) or any(p not in (1, -1) for p in parities):
-            raise ValueError(
-                f"parities {tuple(parities)} must be +1/-1 per output channel and match "
-                f"bounded {tuple(bounded)} in length"
-            )
+        _check_parities(parities, bounded)
         if not hidden_channels:
             raise ValueError("the odd conditioner needs at least one hidden layer")
-        conv = _CONVS[ndim]
+        conv = _conv_class(ndim, kernel_size)
         self.ndim = ndim
         self.n_out = len(parities)
         self.parities = tuple(int(p) for p in parities)
@@ -318,9 +336,5 @@ class OddConvConditioner(nn.Module):
 
     def forward(self, x_frozen: torch.Tensor) -> torch.Tensor:
         """Parameters, shape ``(batch, n_out, L_1, ..., L_d)``, from ``(batch, L_1, ..., L_d)``."""
-        x = _as_one_channel(x_frozen, self.ndim)
-        if x.shape[0] <= self.max_rows:
-            p = self._raw(x)
-        else:
-            p = torch.cat([self._raw(c) for c in x.split(self.max_rows)], dim=0)
+        p = _in_chunks(self._raw, _as_one_channel(x_frozen, self.ndim), self.max_rows)
         return bound_channels(p, self.bounded, self.scale)

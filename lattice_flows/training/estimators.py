@@ -130,16 +130,14 @@ class FastPathGradientKL:
 def _affine_coupling_score(layer, x: torch.Tensor, score: torch.Tensor):
     """(y, log|det J|, score at y) of one affine coupling; see :class:`FastPathGradientKL`."""
     active = layer.active_sites(x)
-    x_in = x.masked_fill(active, 0.0)
+    x_in = x.masked_fill(active, 0.0)  # the conditioner's input, kept for the VJP below
     s, t = layer.conditioner(x_in).unbind(1)
-    y_all = x * torch.exp(s) + t
+    y_all, ld_all = layer.bijection.forward(x, s, t)  # ld_all = s
+    y, ld = layer.combine(x, y_all, ld_all, active)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    dims = tuple(range(1, x.dim()))
-    ld = torch.where(active, s, zero).sum(dim=dims)
     new_active = torch.where(active, score * torch.exp(-s.detach()), zero)
     f = torch.where(active, s + new_active * y_all, zero).sum()
     vjp = torch.autograd.grad(f, x_in, retain_graph=True)[0]
-    y = torch.where(active, y_all, x)
     return y, ld, torch.where(active, new_active, score - vjp)
 
 

@@ -324,16 +324,9 @@ def test_periodic_conv_net_equals_circular_padding(ndim, extent):
     receptive radius (3) exceeds the lattice extent (2)."""
     torch.manual_seed(ndim)
     net = make_conv_net(ndim, 1, (5, 4), 2, 3, "silu", identity_init=False).double()
-    conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[ndim]
-    ref_layers = []
-    for m in net:
-        if isinstance(m, conv):
-            c = conv(m.in_channels, m.out_channels, 3, padding=1, padding_mode="circular").double()
-            c.load_state_dict(m.state_dict())
-            ref_layers.append(c)
-        else:
-            ref_layers.append(m)
-    ref = torch.nn.Sequential(*ref_layers)
+    ref = net.circular_padded()
+    convs = [m for m in ref if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert len(convs) == 3 and all(c.padding_mode == "circular" for c in convs)
     x = torch.randn(3, 1, *[extent] * ndim, dtype=torch.float64)
     torch.testing.assert_close(net(x), ref(x), rtol=1e-12, atol=1e-12)
 
