@@ -38,6 +38,7 @@ import datetime as _dt
 import io
 import math
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,14 +54,38 @@ PART_FORMAT = "lattice_flows.samples.part"
 MERGE_FAN_IN = 16  # parts of one level merged into one part of the next level
 MERGE_MAX_BYTES = 256 << 20  # larger parts are not merged further (merging is done in memory)
 _COPY_BYTES = 64 << 20  # rows copied per slice while merging
+#: value of the attribute ``layout`` of a file whose datasets hold their rows themselves (written
+#: by ``lattice-flows export``, io/export.py): no parts folder, readable by any HDF5 reader alone
+LAYOUT_SELF_CONTAINED = "self-contained"
 
 
 class DataFileError(ValueError):
     """An HDF5 file that is not a valid lattice_flows file; the message names path and reason."""
 
 
+def fill_value(dtype: Any) -> Any:
+    """Fill value of every virtual dataset (what HDF5 returns for rows whose source it cannot
+    open or find): NaN for floating types, so a lost part can never pass for data; integers get
+    their most negative value (unsigned: the largest). Booleans (``/accepted``) cannot hold a
+    sentinel and read False: only the float datasets show the loss."""
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.floating):
+        return np.nan
+    if np.issubdtype(dt, np.signedinteger):
+        return np.iinfo(dt).min
+    if np.issubdtype(dt, np.unsignedinteger):
+        return np.iinfo(dt).max
+    return 0
+
+
 def _chunk_rows(row_bytes: int, target: int = 1 << 20) -> int:
     return max(1, min(1024, target // max(1, row_bytes)))
+
+
+def rows_in_file(attrs: Mapping[str, Any]) -> bool:
+    """True when a file's datasets hold their rows themselves: version 1 (written in place) or a
+    self-contained export; False for the virtual datasets over parts of version 2."""
+    return int(attrs.get("format_version", 1)) < 2 or attrs.get("layout") == LAYOUT_SELF_CONTAINED
 
 
 def _attr_values(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,6 +163,11 @@ class SampleWriter:
         version = attrs.get("format_version")
         if attrs.get("format") != FORMAT_NAME:
             raise DataFileError(f"{self.path}: not a lattice_flows sample file; refusing to extend it.")
+        if attrs.get("layout") == LAYOUT_SELF_CONTAINED:
+            raise DataFileError(
+                f"{self.path}: a self-contained export (of {attrs.get('exported_from')}); exports "
+                "are not extended. Extend the run folder it was exported from, then export again."
+            )
         if version != FORMAT_VERSION:
             raise DataFileError(
                 f"{self.path}: written in format version {version}; this version appends to "
@@ -207,8 +237,7 @@ class SampleWriter:
                         shape=(stop - start, *row), dtype=dtype,
                     )
                     layout[start:stop] = src
-                fill = np.nan if np.issubdtype(dtype, np.floating) else 0
-                f.create_virtual_dataset(name, layout, fillvalue=fill)
+                f.create_virtual_dataset(name, layout, fillvalue=fill_value(dtype))
         return bio.getbuffer()
 
     def _part_paths(self, level: int, start: int, stop: int) -> tuple[Path, Path]:
@@ -406,7 +435,7 @@ class SampleFile:
         for k in ("lattice_shape", "n_chains"):
             if k not in self.attrs:
                 raise DataFileError(f"{self.path}: attribute '{k}' is missing.")
-        if version >= 2 and not self.attrs.get("merged_from"):
+        if not rows_in_file(self.attrs) and not self.attrs.get("merged_from"):
             self._check_parts(index)
         self.observable_names = obs
         self.extra_names = sorted(
@@ -426,7 +455,8 @@ class SampleFile:
             if not p.exists():
                 raise DataFileError(
                     f"{self.path}: part file {p} (rows {start}..{stop}) is missing; keep the folder "
-                    f"{parts.name} beside the file."
+                    f"{parts.name} beside the file (copy the run folder whole), or write one "
+                    "self-contained file with 'lattice-flows export'."
                 )
 
     @property
@@ -447,7 +477,7 @@ class SampleFile:
         if merged:
             blocks = [SampleFile(self.path.parent / n)._read(name, slice(start, stop, step)) for n in merged]
             return np.concatenate(blocks, axis=1)
-        if int(self.attrs.get("format_version", 1)) < 2:
+        if rows_in_file(self.attrs):
             with h5py.File(self.path, "r") as f:
                 if name not in f:
                     raise DataFileError(f"{self.path}: dataset '/{name}' is missing.")
@@ -490,6 +520,16 @@ class SampleFile:
             raise OSError(f"the chunk index does not cover rows {start}..{stop}")
         return data[::step]
 
+    def read(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """Rows of any dataset (``configs``, ``observables/M``, ``log_w``, ...), read part by
+        part (see :meth:`_read`), cut at ``n_saved``."""
+        return self._read(name, rows)
+
+    def row_reader(self, name: str, max_open: int | None = None) -> "RowReader":
+        """A reader of dataset ``name`` at arbitrary rows that keeps up to ``max_open`` files
+        open between calls (:class:`RowReader`); for random access such as training batches."""
+        return RowReader(self, name, max_open)
+
     def configs(self, rows: slice | None = None) -> np.ndarray:
         """Configurations, ``(n, n_chains, *lattice)`` float32."""
         return self._read("configs", rows)
@@ -516,6 +556,107 @@ class SampleFile:
 
     def observables(self) -> dict[str, np.ndarray]:
         return {n: self.observable(n) for n in self.observable_names}
+
+
+def default_max_open() -> int:
+    """Files a :class:`RowReader` may hold open: a quarter of the soft open-file limit, at most 32."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 8
+    if soft == resource.RLIM_INFINITY:
+        return 32
+    return max(1, min(32, int(soft) // 4))
+
+
+class RowReader:
+    """Rows of one dataset of a sample file at arbitrary sorted indices, read straight from the
+    files that hold them (the parts; for a merged view the parts of each rank file, joined along
+    the chain axis), never through the virtual datasets.
+
+    At most ``max_open`` files are open at a time (default :func:`default_max_open`); the least
+    recently used one is closed first, so a file with more parts than the open-file limit reads
+    right, and repeated calls (training batches) do not reopen the files still held.
+    ``opens`` counts the files opened so far. Use as a context manager or call :meth:`close`.
+
+    Example::
+
+        with SampleFile("runs/hmc/hmc.h5").row_reader("configs") as r:
+            phi = r.take(np.array([0, 5, 17]))   # (3, n_chains, *lattice)
+    """
+
+    def __init__(self, sf: SampleFile, name: str, max_open: int | None = None) -> None:
+        self.path, self.name, self.n_saved = sf.path, name, sf.n_saved
+        self.max_open = max(1, default_max_open() if max_open is None else int(max_open))
+        self._opens = 0
+        self._held: OrderedDict[int, h5py.File] = OrderedDict()
+        self._children: list[RowReader] = []
+        self._files: list[Path] = []
+        merged = sf.attrs.get("merged_from")
+        if merged:
+            each = max(1, self.max_open // len(merged))
+            self._children = [RowReader(SampleFile(sf.path.parent / n), name, each) for n in merged]
+            return
+        with h5py.File(sf.path, "r") as f:
+            if name not in f:
+                raise DataFileError(f"{sf.path}: dataset '/{name}' is missing.")
+            self._row_shape, self._dtype = f[name].shape[1:], f[name].dtype
+            index = f["chunk_index"][:] if "chunk_index" in f else None
+        if rows_in_file(sf.attrs):
+            self._files, self._bounds = [sf.path], np.array([0, max(1, sf.n_saved)], np.int64)
+            return
+        parts = sf.path.parent / str(sf.attrs.get("parts_dir", parts_dir_of(sf.path).name))
+        assert index is not None  # SampleFile checked the chunk index of a version-2 file
+        self._files = [parts / part_name(lv, a, b) for a, b, _, lv in index]
+        self._bounds = np.concatenate([index[:1, 0], index[:, 1]]).astype(np.int64)
+
+    def _dataset(self, i: int) -> h5py.Dataset:
+        f = self._held.pop(i, None)
+        if f is None:
+            if len(self._held) >= self.max_open:
+                self._held.popitem(last=False)[1].close()
+            try:
+                f = h5py.File(self._files[i], "r")
+            except OSError as exc:
+                raise DataFileError(
+                    f"{self._files[i]}: cannot be opened ({exc}); a part file of {self.path} is "
+                    f"missing or damaged: run 'lattice-flows info --verify {self.path}'."
+                ) from None
+            self._opens += 1
+        self._held[i] = f
+        if self.name not in f:
+            raise DataFileError(f"{self._files[i]}: dataset '/{self.name}' is missing.")
+        return f[self.name]
+
+    @property
+    def opens(self) -> int:
+        """Files opened so far (of every rank file of a merged view)."""
+        return self._opens + sum(c.opens for c in self._children)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, unique, in [0, n_saved)): ``(len(rows), n_chains, *shape)``."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows[0] < 0 or rows[-1] >= self.n_saved or np.any(np.diff(rows) <= 0)):
+            raise ValueError(f"take: rows must be sorted, unique and in [0, {self.n_saved})")
+        if self._children:
+            return np.concatenate([c.take(rows) for c in self._children], axis=1)
+        which = np.searchsorted(self._bounds, rows, side="right") - 1
+        blocks = [self._dataset(int(i))[rows[which == i] - self._bounds[i]] for i in np.unique(which)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, *self._row_shape), self._dtype)
+
+    def close(self) -> None:
+        for c in self._children:
+            c.close()
+        while self._held:
+            self._held.popitem()[1].close()
+
+    def __enter__(self) -> "RowReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _part_problems(pf: h5py.File, p: Path, start: int, stop: int, names: list[str]) -> list[str]:
@@ -565,7 +706,7 @@ def verify_sample_file(path: str | Path) -> list[str]:
         if "chunk_index" not in f:
             problems.append(f"{sf.path}: no chunk index (written by an older version?): checksums not verifiable")
             return problems
-        versioned = int(sf.attrs.get("format_version", 1)) >= 2
+        in_file = rows_in_file(sf.attrs)
         parts = sf.path.parent / str(sf.attrs.get("parts_dir", parts_dir_of(sf.path).name))
         expect = 0
         for start, stop, crc, *rest in f["chunk_index"][:]:
@@ -575,7 +716,7 @@ def verify_sample_file(path: str | Path) -> list[str]:
             if start != expect:
                 problems.append(f"{sf.path}: chunk index gap: rows {expect}..{start} not covered")
             expect = stop
-            if not versioned:  # version 1: the rows are in the file itself
+            if in_file:  # version 1 or an export: the rows are in the file itself
                 data_crc = _rows_crc(f, names, start, stop)
             else:  # version 2: one part file per index row, opened once
                 p = parts / part_name(rest[0], start, stop)

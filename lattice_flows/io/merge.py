@@ -6,6 +6,9 @@ committed row count, so every reader and analysis sees one ensemble whose replic
 chains of all ranks. The view holds no data (relative links to the rank files, resolved next to
 the view): keep the folder together. Attributes: those of rank 0, with ``n_chains`` and
 ``n_saved`` of the view, ``merged_from`` (the rank files) and the summed ``cpu_s``.
+Like every virtual dataset of the package the view fills what HDF5 cannot read (a missing rank
+file, a lost part) with NaN (float datasets; see :func:`lattice_flows.io.hdf5.fill_value`).
+``lattice-flows export`` writes the view as one self-contained file (io/export.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import h5py
 import numpy as np
 
 from lattice_flows.io.atomic import commit_file, storage_errors
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.hdf5 import SampleFile, fill_value
 
 
 def _datasets(f: h5py.File) -> list[str]:
@@ -62,7 +65,7 @@ def write_merged_view(out: str | Path, rank_files: list[str | Path]) -> Path:
                 src = h5py.VirtualSource(os.path.relpath(p, out.parent), name, shape=src_shape)
                 layout[:, c0:c0 + c] = src[:n_saved]
                 c0 += c
-            out_f.create_virtual_dataset(name, layout)
+            out_f.create_virtual_dataset(name, layout, fillvalue=fill_value(dtypes[name]))
     with storage_errors(out, cleanup=tmp):
         tmp.write_bytes(bio.getbuffer())
         commit_file(tmp, out)

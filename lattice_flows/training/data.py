@@ -1,7 +1,12 @@
-"""Mini-batches of configurations streamed from a lattice_flows HDF5 sample file.
+"""Mini-batches of configurations from a lattice_flows HDF5 sample file.
 
-Only the requested rows are read for each batch (sorted row indices, one h5py read), so files
-larger than memory train fine. Rows are split once into a training and a held-out validation
+Every read goes through :class:`~lattice_flows.io.hdf5.SampleFile` (part by part; a merged MPI
+view rank file by rank file), never through the HDF5 virtual datasets, which HDF5 silently fills
+for parts it cannot open (more parts than ``ulimit -n``, README "Run folders and HDF5 output").
+Configurations that fit in ``max_memory_bytes`` (default :data:`IN_MEMORY_BYTES`) are read once
+and kept in memory; a larger file is read per batch, only the requested rows, through a
+:class:`~lattice_flows.io.hdf5.RowReader` that keeps the part files it holds open between
+batches. Both give the same batches. Rows are split once into a training and a held-out validation
 part (the last ``validation_fraction`` of the saved rows, for every chain), so the held-out NLL
 measures generalisation rather than memorisation.
 
@@ -12,13 +17,16 @@ helps where the data do not tunnel (broken phase).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
-from lattice_flows.io.hdf5 import DataFileError, SampleFile
+from lattice_flows.io.hdf5 import DataFileError, RowReader, SampleFile
+
+#: configurations up to this size (bytes) are read once into memory
+IN_MEMORY_BYTES = 1 << 30
 
 
 class ConfigurationStream:
@@ -31,6 +39,8 @@ class ConfigurationStream:
         validation_fraction: share of rows held out.
         sign_flip: random Z2 sign flips.
         couplings: (m2, lam) of the run; a file with other couplings is refused.
+        max_memory_bytes: configurations up to this size are held in memory, larger files are
+            read per batch (same batches either way).
     """
 
     def __init__(
@@ -41,6 +51,7 @@ class ConfigurationStream:
         validation_fraction: float = 0.1,
         sign_flip: bool = True,
         couplings: tuple[float, float] | None = None,
+        max_memory_bytes: int = IN_MEMORY_BYTES,
     ) -> None:
         self.sf = SampleFile(path)
         self.path = self.sf.path
@@ -65,6 +76,12 @@ class ConfigurationStream:
         self.n_chains = self.sf.n_chains
         self.generator = generator
         self.sign_flip = sign_flip
+        self._configs: np.ndarray | None = None
+        self._reader: RowReader | None = None
+        if 4 * n * self.n_chains * math.prod(self.sf.lattice_shape) <= max_memory_bytes:
+            self._configs = self.sf.configs()  # (n, n_chains, *lattice) float32, read once
+        else:
+            self._reader = self.sf.row_reader("configs")
 
     @property
     def n_train(self) -> int:
@@ -73,10 +90,17 @@ class ConfigurationStream:
     def _read(self, flat: np.ndarray, row_offset: int = 0) -> np.ndarray:
         rows, chains = np.divmod(flat, self.n_chains)
         rows = rows + row_offset
+        if self._configs is not None:
+            return self._configs[rows, chains]
+        assert self._reader is not None
         uniq, inverse = np.unique(rows, return_inverse=True)
-        with h5py.File(self.path, "r") as f:
-            block = f["configs"][uniq]  # (n_unique, n_chains, *lattice)
+        block = self._reader.take(uniq)  # (n_unique, n_chains, *lattice)
         return block[inverse, chains]
+
+    def close(self) -> None:
+        """Close the part files a file read per batch holds open."""
+        if self._reader is not None:
+            self._reader.close()
 
     def batch(self, batch_size: int) -> torch.Tensor:
         """A training batch (float32 CPU tensor of shape (batch, *lattice))."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from lattice_flows.io.hdf5 import (
     DataFileError,
     SampleFile,
     SampleWriter,
+    part_name,
     verify_sample_file,
 )
 
@@ -28,6 +31,22 @@ def rows(rng: np.random.Generator, k: int, n_chains: int = 3) -> dict[str, np.nd
 
 def writer(path):
     return SampleWriter(path, {"kind": "test", "seed": 1}, 3, (2, 2), SPECS)
+
+
+def merged_view(folder, n_blocks: int, seed: int = 0, k: int = 2):
+    """A 2-rank production written as the MPI code writes it: each rank appends to its own
+    ``s.rank<NNNN>.h5`` with SampleWriter, then rank 0 calls write_merged_view. Returns
+    (view path, [the blocks of each rank])."""
+    from lattice_flows.io.merge import write_merged_view
+
+    rng = np.random.default_rng(seed)
+    files, blocks = [folder / f"s.rank{r:04d}.h5" for r in range(2)], []
+    for path in files:
+        w, mine = writer(path), [rows(rng, k) for _ in range(n_blocks)]
+        for b in mine:
+            w.append(b)
+        blocks.append(mine)
+    return write_merged_view(folder / "s.h5", files), blocks
 
 
 def test_appends_merge_into_few_parts_and_read_back_exactly(tmp_path):
@@ -117,3 +136,56 @@ def test_many_parts_read_correctly_under_a_small_open_file_limit(tmp_path, monke
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+FLOAT_DATASETS = ("configs", "action", "observables/G")
+
+
+def test_virtual_datasets_read_nan_where_a_source_is_missing(tmp_path):
+    """HDF5 fills rows whose source it cannot find: every float virtual dataset, of a sample
+    file and of the merged MPI view, must read NaN there (not zeros that pass for data)."""
+    view, blocks = merged_view(tmp_path, 3)  # 3 parts per rank, rows 0..6, 3 chains per rank
+    with h5py.File(view, "r") as f:
+        assert all(f[n].fillvalue != f[n].fillvalue for n in FLOAT_DATASETS)  # NaN
+    (tmp_path / "s.rank0000.h5.parts" / part_name(0, 2, 4)).unlink()  # a part of rank 0
+    (tmp_path / "s.rank0001.h5").rename(tmp_path / "elsewhere.h5")  # rank 1 as a whole
+    with h5py.File(tmp_path / "s.rank0000.h5", "r") as f:
+        a = f["action"][:]
+        assert np.isnan(a[2:4]).all() and not np.isnan(a[[0, 1, 4, 5]]).any()
+    with h5py.File(view, "r") as f:
+        for name in FLOAT_DATASETS:
+            d = f[name][:]
+            lost = np.zeros(d.shape[:2], bool)
+            lost[2:4, :3] = lost[:, 3:] = True  # the part of rank 0, every row of rank 1
+            assert np.isnan(d[lost]).all(), name
+            np.testing.assert_array_equal(d[~lost], np.concatenate([b[name] for b in blocks[0]])[~lost[:, :3]])
+        assert not f["accepted"][:][:, 3:].any()  # bool cannot hold NaN: documented as False
+
+
+def test_master_copied_alone_reads_nan_and_is_refused_by_the_reader(tmp_path):
+    w = writer(tmp_path / "run" / "s.h5")
+    for b in [rows(np.random.default_rng(6), 2) for _ in range(3)]:
+        w.append(b)
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "run" / "s.h5", tmp_path / "copy" / "s.h5")  # what scp of one file does
+    with h5py.File(tmp_path / "copy" / "s.h5", "r") as f:
+        assert np.isnan(f["configs"][:]).all() and np.isnan(f["action"][:]).all()
+    with pytest.raises(DataFileError, match="lattice-flows export"):
+        SampleFile(tmp_path / "copy" / "s.h5")
+
+
+def test_row_reader_equals_sample_file_and_keeps_parts_open(tmp_path):
+    view, _ = merged_view(tmp_path, 5)  # 5 parts per rank
+    sf = SampleFile(view)
+    full = sf.configs()
+    rng = np.random.default_rng(7)
+    with sf.row_reader("configs") as reader:
+        for _ in range(20):  # 20 "batches" of random rows
+            idx = np.unique(rng.integers(0, sf.n_saved, size=6))
+            np.testing.assert_array_equal(reader.take(idx), full[idx])
+        assert reader.opens == 10  # each part of each rank opened once, not once per batch
+    with SampleFile(tmp_path / "s.rank0000.h5").row_reader("action", max_open=2) as small:
+        np.testing.assert_array_equal(small.take(np.arange(10)), SampleFile(tmp_path / "s.rank0000.h5").action())
+        assert len(small._held) == 2  # never more files open than allowed
+    with pytest.raises(ValueError, match="sorted, unique"):
+        sf.row_reader("configs").take(np.array([3, 1]))
