@@ -138,6 +138,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from lattice_flows.analysis import find_sample_files
+    from lattice_flows.io.export import export_sample_file, export_target
+
+    files = find_sample_files(args.path)
+    for path in files:
+        print(export_sample_file(path, export_target(path, args.out, Path(args.path).is_dir())))
+    return 0
+
+
 _WORLD = None  # the MPI world of this process (None: a single process)
 
 
@@ -179,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check shapes, committed row counts and the checksum of every chunk")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("export", help="write one self-contained sample file (no parts folder, "
+                       "no rank files) that any HDF5 reader reads whole")
+    p.add_argument("path", help="a sample file, merged view or run folder (all its sample files)")
+    p.add_argument("out", nargs="?", default=None,
+                   help="output file, or folder (default: export/ beside the source)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -18,7 +18,11 @@ The datasets of ``<name>.h5`` are HDF5 virtual datasets over the part files (any
 h5py included, reads them as ordinary arrays; keep the ``.parts`` folder beside the file).
 Caveat for such readers: HDF5 keeps every source of a virtual dataset open during a read and
 silently fills sources it cannot open, so a file (or merged MPI view) with more parts than the
-open-file limit (``ulimit -n``) reads wrong; :class:`SampleFile` reads part by part instead.
+open-file limit (``ulimit -n``) reads wrong; :class:`SampleFile` (and :class:`RowReader` for
+random rows) reads part by part instead. Rows HDF5 cannot find read the fill value (NaN for
+floats, :func:`fill_value`). ``lattice-flows export`` (io/export.py) writes one self-contained
+file (attribute ``layout = "self-contained"``: real datasets, no parts folder), read like
+version 1 and never extended.
 
 Crash atomicity: no file is ever modified in place. A commit writes a new part file under a
 temporary name, fsyncs and renames it, then writes the new ``<name>.h5`` the same way; the
