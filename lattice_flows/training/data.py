@@ -6,9 +6,9 @@ for parts it cannot open (more parts than ``ulimit -n``, README "Run folders and
 Configurations that fit in ``max_memory_bytes`` (default :data:`IN_MEMORY_BYTES`) are read once
 and kept in memory; a larger file is read per batch, only the requested rows, through a
 :class:`~lattice_flows.io.hdf5.RowReader` that keeps the part files it holds open between
-batches. Both give the same batches. Rows are split once into a training and a held-out validation
-part (the last ``validation_fraction`` of the saved rows, for every chain), so the held-out NLL
-measures generalisation rather than memorisation.
+batches. Both give the same batches. Rows are split once into a training and a held-out
+validation part (the last ``validation_fraction`` of the saved rows, for every chain), so the
+held-out NLL measures generalisation rather than memorisation.
 
 Optional Z2 augmentation: each configuration's sign is flipped with probability 1/2. The target
 p(phi) = p(-phi) is exactly symmetric (CONVENTIONS.md), so this never biases the objective and
