@@ -7,6 +7,9 @@ arXiv:2101.08176; Dinh et al. 2016, arXiv:1605.08803)::
     y(a) = f(x(a); p(a))  for a in A,          y(b) = x(b)  for b in F
     log|det J| = sum_{a in A} log|f'(x(a); p(a))|
 
+The per-site log-det terms stay in the dtype of the input; their sum over the active sites is
+accumulated in float64 (the layer's log-det is float64; see :mod:`lattice_flows.flows.prior`).
+
 The Jacobian is triangular, so the log-det is exact and the inverse needs one conditioner call
 (the frozen sites are unchanged). Each batch member is transformed on its own.
 
@@ -66,13 +69,13 @@ class CouplingLayer(nn.Module):
         return tuple(self.conditioner(x.masked_fill(active, 0.0)).unbind(1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (y, log|det dy/dx|) with the log-det of shape ``(batch,)``."""
+        """Return (y, log|det dy/dx|) with the float64 log-det of shape ``(batch,)``."""
         active = self.active_sites(x)
         y_all, ld_all = self.bijection.forward(x, *self._params(x, active))
         return self.combine(x, y_all, ld_all, active)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (x, log|det dx/dy|) with the log-det of shape ``(batch,)``."""
+        """Return (x, log|det dx/dy|) with the float64 log-det of shape ``(batch,)``."""
         active = self.active_sites(y)
         x_all, ld_all = self.bijection.inverse(y, *self._params(y, active))
         return self.combine(y, x_all, ld_all, active)
@@ -81,7 +84,8 @@ class CouplingLayer(nn.Module):
     def combine(
         old: torch.Tensor, new: torch.Tensor, ld: torch.Tensor, active: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``new`` on the active sites and ``old`` elsewhere; log-det summed over active sites."""
+        """``new`` on the active sites and ``old`` elsewhere; log-det summed over active sites
+        (in float64)."""
         out = torch.where(active, new, old)
         logdet = torch.where(active, ld, torch.zeros((), dtype=ld.dtype, device=ld.device))
-        return out, logdet.sum(dim=tuple(range(1, old.dim())))
+        return out, logdet.sum(dim=tuple(range(1, old.dim())), dtype=torch.float64)

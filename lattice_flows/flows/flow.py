@@ -4,11 +4,15 @@ Change of variables (Rezende & Mohamed 2015; Albergo et al. 2021, arXiv:2101.081
 
     log q(phi) = log r(z) - sum_k log|det J_k|,     z = f^-1(phi)
 
-Every layer returns its exact log|det J| per batch member. :meth:`Flow.sample` evaluates
-log q in the same pass as phi; :meth:`Flow.log_prob` runs the inverse. Independence Metropolis
-and reweighting (w = exp(-S - log q), CONVENTIONS.md, "Statistics") are exact only when
-log q(phi) of one sample does not depend on the other batch members: no layer may use batch
-statistics (DESIGN.md, "Traps seen in public code"), and none here does.
+Every layer returns its exact log|det J| per batch member, summed over sites in float64; the
+running total through the layers and the prior's log density are float64 too, so log q is
+float64 whatever the flow's dtype (the per-site terms keep the flow's dtype; the rounding of
+float32 totals of size ~V would otherwise bias log w at V = 4096 and in d = 3, 4).
+:meth:`Flow.sample` evaluates log q in the same pass as phi; :meth:`Flow.log_prob` runs the
+inverse. Independence Metropolis and reweighting (w = exp(-S - log q), CONVENTIONS.md,
+"Statistics") are exact only when log q(phi) of one sample does not depend on the other batch
+members: no layer may use batch statistics (DESIGN.md, "Traps seen in public code"), and none
+here does.
 
 The flow is size-agnostic: masks are checkerboard unit cells tiled to the input, the
 conditioners are convolutions and the Fourier layer is parametrised in phat^2, so a flow trained
@@ -64,8 +68,8 @@ class Flow(nn.Module):
         return torch.device("cpu"), torch.get_default_dtype()
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """phi = f(z) and sum_k log|det J_k|, shape ``(batch,)``."""
-        logdet = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        """phi = f(z) and sum_k log|det J_k| (float64), shape ``(batch,)``."""
+        logdet = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
         x = z
         for layer in self.layers:
             x, ld = layer(x)
@@ -73,8 +77,8 @@ class Flow(nn.Module):
         return x, logdet
 
     def inverse(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z = f^-1(phi) and log|det dz/dphi| = -sum_k log|det J_k|, shape ``(batch,)``."""
-        logdet = torch.zeros(phi.shape[0], dtype=phi.dtype, device=phi.device)
+        """z = f^-1(phi) and log|det dz/dphi| = -sum_k log|det J_k| (float64), shape ``(batch,)``."""
+        logdet = torch.zeros(phi.shape[0], dtype=torch.float64, device=phi.device)
         x = phi
         for layer in reversed(self.layers):
             x, ld = layer.inverse(x)
@@ -87,7 +91,8 @@ class Flow(nn.Module):
         generator: torch.Generator | None = None,
         lattice_shape: tuple[int, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw (phi, log q(phi)) for n samples, log q = log r(z) - log|det J| in one pass.
+        """Draw (phi, log q(phi)) for n samples, log q = log r(z) - log|det J| in one pass;
+        phi in the flow's dtype, log q in float64.
 
         ``lattice_shape`` overrides the prior's default (same d, even extents). Gradients flow
         through phi and log q (reverse-KL training); wrap in ``torch.no_grad()`` for proposals.
@@ -106,7 +111,7 @@ class Flow(nn.Module):
         return phi, self.prior.log_prob(z) - logdet
 
     def log_prob(self, phi: torch.Tensor) -> torch.Tensor:
-        """log q(phi) = log r(f^-1(phi)) + log|det d f^-1/dphi|, shape ``(batch,)``."""
+        """log q(phi) = log r(f^-1(phi)) + log|det d f^-1/dphi|, float64, shape ``(batch,)``."""
         z, logdet = self.inverse(phi)
         return self.prior.log_prob(z) + logdet
 

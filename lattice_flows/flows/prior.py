@@ -2,6 +2,10 @@
 
     log r(z) = sum_x [ -z(x)^2 / 2 - log(2 pi) / 2 ]
 
+The sum over sites is accumulated in float64 whatever the dtype of z (at V = 4096 and beyond a
+float32 total has a rounding error far above that of the per-site terms; docs/conventions.md,
+"Statistics": log w in float64), so ``log_prob`` returns float64.
+
 A batch has shape ``(batch, L_1, ..., L_d)`` (CONVENTIONS.md, "Lattice"). ``log_prob`` reads the
 lattice shape from its argument, so the same prior object serves every lattice size.
 
@@ -51,7 +55,7 @@ class StandardNormalPrior:
         return torch.randn((n, *shape), generator=generator, device=device, dtype=dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log r(z) summed over all sites, shape ``(batch,)``."""
+        """log r(z) summed over all sites in float64, shape ``(batch,)``."""
         dims = tuple(range(1, z.dim()))
         n_sites = math.prod(z.shape[1:])
-        return -0.5 * (z * z).sum(dim=dims) - n_sites * _HALF_LOG_2PI
+        return -0.5 * (z * z).sum(dim=dims, dtype=torch.float64) - n_sites * _HALF_LOG_2PI

@@ -21,6 +21,9 @@ arithmetic); it commutes with translations; its parameters do not depend on L. b
 the centre of the M distribution (towards flat-topped or bimodal), d_k > 0 pulls it together.
 At initialisation a = 1 and b_k = d_k = softplus(-12) ~ 6e-6: the identity up to 1e-5.
 
+The zero-mode coordinate c (a sum over sites), g(c) and log g'(c) are evaluated in float64 (a
+few numbers per configuration); only the shift added to the sites is cast to the input's dtype.
+
 The inverse solves g(c) = c' by bisection on the bracket [|c'| / A, |c'| / a] (A = a + sum b +
 sum d bounds g'), then takes one Newton step with gradients, which makes the inverse
 differentiable in c' and in the parameters (implicit function theorem) for the path gradient and
@@ -82,15 +85,15 @@ class ZeroModeLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, log|det dy/dx|) with log|det| = log g'(c)."""
         dims, root_v = self._check(x)
-        c = x.sum(dim=dims) / root_v
+        c = x.sum(dim=dims, dtype=torch.float64) / root_v
         g, slope = self.g_and_slope(c)
-        shift = ((g - c) / root_v).view(-1, *[1] * self.ndim)
+        shift = ((g - c) / root_v).to(x.dtype).view(-1, *[1] * self.ndim)
         return x + shift, torch.log(slope)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, log|det dx/dy|) with log|det| = -log g'(c), c = g^-1(sum(y) / sqrt(V))."""
         dims, root_v = self._check(y)
-        c_out = y.sum(dim=dims) / root_v
+        c_out = y.sum(dim=dims, dtype=torch.float64) / root_v
         with torch.no_grad():
             a, b, d, _ = self._coefficients(torch.float64)
             target = c_out.detach().double()
@@ -102,9 +105,9 @@ class ZeroModeLayer(nn.Module):
                 above = g_mid > target.abs()
                 hi = torch.where(above, mid, hi)
                 lo = torch.where(above, lo, mid)
-            c0 = (torch.sign(target) * (lo + hi) / 2).to(c_out.dtype)
+            c0 = torch.sign(target) * (lo + hi) / 2
         g0, slope0 = self.g_and_slope(c0)
         c = c0 - (g0 - c_out) / slope0  # one Newton step: exact value, implicit gradients
         _, slope = self.g_and_slope(c)
-        shift = ((c - c_out) / root_v).view(-1, *[1] * self.ndim)
+        shift = ((c - c_out) / root_v).to(y.dtype).view(-1, *[1] * self.ndim)
         return y + shift, -torch.log(slope)

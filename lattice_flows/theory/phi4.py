@@ -5,6 +5,10 @@ Conventions (``CONVENTIONS.md``, section "Action", parametrization "m2-lambda"):
     S(phi) = sum_x [ sum_mu (phi(x+mu) - phi(x))^2 + m2 phi(x)^2 + lam phi(x)^4 ]
     dS/dphi(x) = 2 sum_mu (2 phi(x) - phi(x+mu) - phi(x-mu)) + 2 m2 phi(x) + 4 lam phi(x)^3
 
+S is summed over sites in float64 whatever the dtype of phi (the per-site density keeps phi's
+dtype): log w = -S - log q is formed from two float64 totals of size ~V (CONVENTIONS.md,
+"Statistics"). The force dS/dphi is per site and stays in phi's dtype.
+
 A batch of configurations is a tensor of shape ``(batch, L_1, ..., L_d)``; the lattice axes are
 the last ``d`` axes. ``torch.roll(phi, -1, dim)`` gives ``phi(x + mu)``.
 
@@ -77,14 +81,14 @@ class Phi4Action:
         return tuple(range(phi.dim() - self.ndim, phi.dim()))
 
     def __call__(self, phi: torch.Tensor) -> torch.Tensor:
-        """S(phi) per configuration, shape ``(batch,)``, in the dtype of ``phi``."""
+        """S(phi) per configuration, shape ``(batch,)``, summed over sites in float64."""
         dims = self._dims(phi)
         kinetic = torch.zeros_like(phi)
         for mu in dims:
             kinetic = kinetic + (torch.roll(phi, -1, mu) - phi) ** 2
         phi2 = phi * phi
         density = kinetic + self.m2 * phi2 + self.lam * phi2 * phi2
-        return density.sum(dim=dims)
+        return density.sum(dim=dims, dtype=torch.float64)
 
     action = __call__
 

@@ -14,6 +14,10 @@ They are separate from the flow (DESIGN.md) and interchangeable in the trainer.
 
 Every ``loss`` call returns ``(loss, info)`` where ``info['log_w']`` holds the detached
 log-weights -S - log q of the self-samples (for ESS/acceptance metrics) when there are any.
+
+Precision: log q (flow) and S (action) are site sums accumulated in float64, so the losses and
+log_w are float64 scalars/vectors while phi, the per-site terms, the score carried by
+:class:`FastPathGradientKL` and the parameter gradients keep the flow's dtype.
 """
 
 from __future__ import annotations
@@ -109,8 +113,8 @@ class FastPathGradientKL:
     def loss(self, flow, batch_size: int, generator: torch.Generator | None = None, **_: Any):
         z = flow.prior.sample(batch_size, generator=generator, device=_device(flow), dtype=_dtype(flow))
         z.requires_grad_(True)  # so that every layer input is part of the graph
-        log_q = flow.prior.log_prob(z).detach()
-        score = -z.detach()
+        log_q = flow.prior.log_prob(z).detach()  # float64, like every ld below
+        score = -z.detach()  # per site, flow dtype
         x = z
         for layer in flow.layers:
             if isinstance(layer, CouplingLayer) and isinstance(layer.bijection, AffineBijection):
