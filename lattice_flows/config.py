@@ -272,6 +272,7 @@ class HMCConfig:
     save_every: int = 1
     integrator: str = "leapfrog"
     jitter: float = 0.5
+    dtype: str = "float64"  # HMC's own precision, independent of the top-level (flow) dtype
 
 
 _HMC = {
@@ -291,6 +292,7 @@ _HMC = {
         "float", 0.5, "a number in [0, 1) (relative spread of the number of steps)",
         lambda x: 0.0 <= x < 1.0,
     ),
+    "dtype": _Field("choice", "float64", choices=("float64", "float32")),
 }
 
 

@@ -6,6 +6,10 @@ pi ~ N(0, 1), integrates Hamilton's equations with a reversible, volume-preservi
 (leapfrog, or Omelyan's 2nd-order minimum-norm scheme with lambda = 0.1931833) and accepts with
 probability min(1, exp(-dH)), evaluated in float64.
 
+The trajectory (phi, pi, forces) runs in the dtype of the chains, ``hmc.dtype`` of the config
+(float64 by default, float32 allowed), independent of the flow's dtype; H is always summed in
+float64.
+
 The number of integration steps is jittered per trajectory, uniform in
 [(1 - jitter) n_steps, (1 + jitter) n_steps] (CONVENTIONS.md, "Practical notes": a fixed
 trajectory length resonates with free-field modes). The jitter is drawn independently of the

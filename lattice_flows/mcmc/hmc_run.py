@@ -6,6 +6,7 @@ See :mod:`lattice_flows.mcmc.chain` for the run-folder and resume rules and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ from lattice_flows.theory.phi4 import Phi4Action
 SAMPLES_NAME = "hmc.h5"
 COLD_START_WIDTH = 0.1
 CHECKPOINT_NAME = "hmc.ckpt"
+#: ``phase`` of a checkpoint written by a stop during thermalisation (0: thermalised, production
+#: at trajectory 0; 1: production)
+THERM_PHASE = -1
 
 
 def _initial_step_size(cfg: Config) -> float:
@@ -69,7 +73,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
     h = cfg.hmc
     assert h is not None
     device = resolve_device(cfg.device, 0 if world is None else world.local_rank)
-    dtype = resolve_dtype(cfg.dtype)
+    dtype = resolve_dtype(h.dtype)  # HMC's own precision (hmc.dtype), not the flow's
     action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
     samples_path, ckpt_path = production_paths(run_dir, "hmc", world)
     if ckpt_path.exists() or samples_path.exists():
@@ -83,11 +87,13 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
 
     state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
-        if state.get("kind") != "hmc" or tuple(state["phi"].shape) != (h.n_chains, *cfg.lattice.shape):
-            raise ConfigError(
-                f"{ckpt_path}: checkpoint does not match the config (kind {state.get('kind')!r}, "
-                f"chains x lattice {tuple(state['phi'].shape)}); use a new output.dir."
-            )
+        _check_checkpoint(state, ckpt_path, cfg)
+    if state is None or state.get("phase") == THERM_PHASE:
+        phi, cpu_used = _thermalise(cfg, hmc, gen, device, dtype, state, ckpt_path, run_dir,
+                                    progress and rank == 0)
+        traj, n_acc, n_tried = 0, 0, 0
+        save_checkpoint(_ckpt(phi, gen, hmc.step_size, 0, 0, 0, 0, cpu_used), ckpt_path)
+    else:
         phi = state["phi"].to(device=device, dtype=dtype)
         gen.set_state(state["rng"])
         hmc.step_size = float(state["step_size"])
@@ -95,35 +101,6 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         n_acc, n_tried = int(state["n_accepted"]), int(state["n_tried"])
         cpu_used = float(state.get("cpu_s", 0.0))
         log.info("resuming %s at trajectory %d of %d", run_dir, traj, h.n_traj)
-    else:
-        # near-cold start: a hot N(0, 1) start at large lam puts chains where the leapfrog is
-        # unstable (force ~ 4 lam phi^3), and such chains can stay stuck for the whole run
-        phi = COLD_START_WIDTH * torch.randn(
-            (h.n_chains, *cfg.lattice.shape), generator=gen, device=device, dtype=dtype
-        )
-        traj, n_acc, n_tried, cpu_used = 0, 0, 0, 0.0
-        cpu_therm0 = time.process_time()
-        log.info(
-            "HMC on %s (%s): lattice %s, m2=%g lam=%g, %d chains, %d therm + %d traj",
-            device, cfg.dtype, cfg.lattice.shape, cfg.action.m2, cfg.action.lam, h.n_chains,
-            h.n_therm, h.n_traj,
-        )
-        bar = progress_bar(total=h.n_therm, desc="thermalise", enabled=progress and rank == 0)
-        tuner = DualAveraging(math.log(hmc.step_size), h.target_acceptance) if h.step_size == "auto" else None
-        for _ in range(h.n_therm):
-            phi, acc, prob, _ = hmc.step(phi)
-            if tuner is not None:
-                hmc.step_size = tuner.update(float(prob.mean()))
-            bar.update(1)
-            if stop_requested():  # thermalisation restarts from scratch (deterministically)
-                bar.close()
-                raise StopRequested(stop_requested(), f"{run_dir} (during thermalisation)")
-        bar.close()
-        if tuner is not None:
-            hmc.step_size = tuner.final_step_size
-        log.info("thermalised; step size frozen at %.5g", hmc.step_size)
-        cpu_used = time.process_time() - cpu_therm0
-        save_checkpoint(_ckpt(phi, gen, hmc.step_size, 0, 0, 0, 0, cpu_used), ckpt_path)
 
     attrs = {
         "kind": "hmc",
@@ -132,6 +109,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         "m2": cfg.action.m2,
         "lam": cfg.action.lam,
         "step_size": hmc.step_size,
+        "hmc_dtype": h.dtype,
         **{k: v for k, v in prov.items() if k != "created"},
     }
     specs = {"action": ((), np.float64), "accepted": ((), np.bool_),
@@ -209,9 +187,85 @@ def _warn_stuck_chains(acc_per_chain: torch.Tensor, n_traj: int) -> list[int]:
     return stuck
 
 
+def _check_checkpoint(state: dict, ckpt_path: Path, cfg: Config) -> None:
+    """Refuse a checkpoint of another kind, lattice, number of chains or HMC precision."""
+    h = cfg.hmc
+    if state.get("kind") != "hmc" or tuple(state["phi"].shape) != (h.n_chains, *cfg.lattice.shape):
+        raise ConfigError(
+            f"{ckpt_path}: checkpoint does not match the config (kind {state.get('kind')!r}, "
+            f"chains x lattice {tuple(state['phi'].shape)}); use a new output.dir."
+        )
+    # checkpoints from before hmc.dtype existed ran in the flow dtype: their phi tells
+    ran_in = state.get("dtype", str(state["phi"].dtype).replace("torch.", ""))
+    if ran_in != h.dtype:
+        raise ConfigError(
+            f"{ckpt_path}: this HMC run was started with hmc.dtype {ran_in!r}, the config asks "
+            f"for {h.dtype!r}; resuming would mix two precisions. Set hmc.dtype={ran_in} to "
+            "resume, or use a new output.dir."
+        )
+
+
+def _thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state: dict | None,
+                ckpt_path: Path, run_dir: Path, show: bool) -> tuple[torch.Tensor, float]:
+    """Thermalise (and tune eps when ``hmc.step_size`` is 'auto'), from a near-cold start or
+    from a thermalisation checkpoint ``state``; a stop request checkpoints the chains, RNG,
+    step size, dual-averaging state and counter (phase :data:`THERM_PHASE`), so that the resumed
+    thermalisation equals an uninterrupted one. Returns the chains and the CPU-s used so far;
+    ``hmc.step_size`` is left frozen at its final value."""
+    h = cfg.hmc
+    auto = h.step_size == "auto"
+    tuner = DualAveraging(math.log(hmc.step_size), h.target_acceptance) if auto else None
+    if state is None:
+        # near-cold start: a hot N(0, 1) start at large lam puts chains where the leapfrog is
+        # unstable (force ~ 4 lam phi^3), and such chains can stay stuck for the whole run
+        phi = COLD_START_WIDTH * torch.randn(
+            (h.n_chains, *cfg.lattice.shape), generator=gen, device=device, dtype=dtype
+        )
+        done, cpu_before = 0, 0.0
+        log.info(
+            "HMC on %s (%s): lattice %s, m2=%g lam=%g, %d chains, %d therm + %d traj",
+            device, h.dtype, cfg.lattice.shape, cfg.action.m2, cfg.action.lam, h.n_chains,
+            h.n_therm, h.n_traj,
+        )
+    else:
+        phi = state["phi"].to(device=device, dtype=dtype)
+        gen.set_state(state["rng"])
+        hmc.step_size = float(state["step_size"])
+        done, cpu_before = int(state["therm_done"]), float(state["cpu_s"])
+        if tuner is not None:
+            for key, value in state["tuner"].items():  # no __post_init__: it would reset mu
+                setattr(tuner, key, value)
+        log.info("resuming the thermalisation of %s at trajectory %d of %d", run_dir, done,
+                 h.n_therm)
+    cpu0 = time.process_time()
+    bar = progress_bar(total=h.n_therm, initial=done, desc="thermalise", enabled=show)
+    while done < h.n_therm:
+        phi, _, prob, _ = hmc.step(phi)
+        done += 1
+        if tuner is not None:
+            hmc.step_size = tuner.update(float(prob.mean()))
+        bar.update(1)
+        signum = stop_requested()
+        if signum:
+            bar.close()
+            ckpt = _ckpt(phi, gen, hmc.step_size, 0, 0, 0, THERM_PHASE,
+                         cpu_before + time.process_time() - cpu0)
+            ckpt["therm_done"] = done
+            ckpt["tuner"] = None if tuner is None else dataclasses.asdict(tuner)
+            save_checkpoint(ckpt, ckpt_path)
+            raise StopRequested(signum, f"{ckpt_path} (during thermalisation, trajectory "
+                                        f"{done} of {h.n_therm})")
+    bar.close()
+    if tuner is not None:
+        hmc.step_size = tuner.final_step_size
+    log.info("thermalised; step size frozen at %.5g", hmc.step_size)
+    return phi, cpu_before + time.process_time() - cpu0
+
+
 def _ckpt(phi, gen, step_size, traj, n_acc, n_tried, phase, cpu_s) -> dict:
     return {
         "kind": "hmc",
+        "dtype": str(phi.dtype).replace("torch.", ""),
         "phi": phi.detach().cpu().clone(),
         "rng": gen.get_state().clone(),
         "step_size": float(step_size),
