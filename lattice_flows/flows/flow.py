@@ -77,7 +77,7 @@ class Flow(nn.Module):
         return x, logdet
 
     def inverse(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z = f^-1(phi) and log|det dz/dphi| = -sum_k log|det J_k| (float64), shape ``(batch,)``."""
+        """z = f^-1(phi) and log|det dz/dphi| = -sum_k log|det J_k| (float64), shape (batch,)."""
         logdet = torch.zeros(phi.shape[0], dtype=torch.float64, device=phi.device)
         x = phi
         for layer in reversed(self.layers):

@@ -25,13 +25,14 @@ def test_sigterm_during_thermalisation_resumes_exactly(tmp_path):
     raw = tiny_hmc_raw(tmp_path / "term", n_therm=N_THERM, n_traj=40, save_every=1)
     cfg = write_config(tmp_path / "term.yaml", raw)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lattice_flows", "hmc", str(cfg), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lattice_flows", "hmc", str(cfg), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     config_yaml = tmp_path / "term" / "config.yaml"  # written just before thermalisation starts
     deadline = time.time() + 60
     while not config_yaml.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    time.sleep(1.0)
+    time.sleep(0.5)
     assert proc.poll() is None, "finished before SIGTERM: the test would prove nothing"
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)

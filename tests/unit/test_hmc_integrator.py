@@ -72,7 +72,8 @@ def _fit(dh2: np.ndarray, orders: int = 2) -> np.ndarray:
     """(log A, p, B[, C]) of log RMS(dH) = log A + p log eps + B eps^2 [+ C eps^4] from the
     mean dH^2 per eps."""
     eps = np.array(STEP_SIZES)
-    design = np.stack([np.ones_like(eps), np.log(eps)] + [eps ** (2 * k) for k in range(1, orders + 1)], axis=1)
+    columns = [np.ones_like(eps), np.log(eps)] + [eps ** (2 * k) for k in range(1, orders + 1)]
+    design = np.stack(columns, axis=1)
     return np.linalg.lstsq(design, 0.5 * np.log(dh2), rcond=None)[0][:3]
 
 
