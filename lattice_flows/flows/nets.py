@@ -2,9 +2,10 @@
 
 A conditioner maps the frozen sites of a configuration, shape ``(batch, L_1, ..., L_d)`` with the
 active sites set to zero, to ``n_out`` parameter fields, shape ``(batch, n_out, L_1, ..., L_d)``.
-The convolutions (Conv1d/2d/3d for d = 1, 2, 3) are periodic with 'same' output size
-(:class:`PeriodicConvNet`: the input extended periodically once, then unpadded convolutions), so
-the net is equivariant under all lattice translations and its weights do not depend on L. There
+The convolutions (Conv1d/2d/3d for d = 1, 2, 3, :class:`ConvNd` for any d >= 4) are periodic
+with 'same' output size (:class:`PeriodicConvNet`: unpadded convolutions on the input extended
+periodically, once or before every convolution, whichever is cheaper for the lattice), so the
+net is equivariant under all lattice translations and its weights do not depend on L. There
 is no batch normalisation or any other operation that mixes batch members: log q(phi) of one
 sample never depends on the rest of the batch, which the exactness of independence Metropolis
 requires (DESIGN.md, "Traps seen in public code").
@@ -35,9 +36,11 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -53,7 +56,84 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 #: conditioner needs: tanh and softsign u / (1 + |u|).
 ODD_ACTIVATIONS = ("tanh", "softsign")
 
+def conv_valid(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Unpadded ('valid') cross-correlation in any number d of spatial axes.
+
+        out[b, o, x] = bias[o] + sum_{c, delta} weight[o, c, delta] * x[b, c, x + delta]
+
+    with delta in [0, k_1) x ... x [0, k_d). d <= 3 is torch's conv1d/2d/3d; for d >= 4 the
+    offsets along the first spatial axis are summed explicitly over (d-1)-dimensional valid
+    convolutions of the shifted slices (recursively down to conv3d), so the cost is
+    k_1 ... k_{d-3} conv3d calls on batches of B * L_1 * ... rows.
+    """
+    d = weight.dim() - 2
+    if d <= 3:
+        return (F.conv1d, F.conv2d, F.conv3d)[d - 1](x, weight, bias)
+    b, c = x.shape[:2]
+    k = weight.shape[2]
+    n = x.shape[2] - k + 1
+    out = None
+    for i in range(k):
+        xi = x[:, :, i:i + n].transpose(1, 2).reshape(b * n, c, *x.shape[3:])
+        yi = conv_valid(xi, weight[:, :, i], None)
+        out = yi if out is None else out + yi
+    out = out.reshape(b, n, *out.shape[1:]).transpose(1, 2)
+    if bias is not None:
+        out = out + bias.view(1, -1, *[1] * d)
+    return out
+
+
+class ConvNd(nn.Module):
+    """A d-dimensional convolution (d >= 4) with torch's Conv3d interface: cubic kernel
+    ``kernel_size``, zero or circular padding ``padding`` on every side, stride 1.
+
+    Weights (C_out, C_in, k, ..., k) and bias are initialised as torch initialises Conv3d
+    (Kaiming-uniform with a = sqrt(5), bias uniform in +-1/sqrt(fan_in)); the forward is
+    :func:`conv_valid` on the padded input.
+    """
+
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, kernel_size: int,
+                 padding: int = 0, bias: bool = True, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        if padding_mode not in ("zeros", "circular"):
+            raise ValueError(f"padding_mode must be 'zeros' or 'circular', got {padding_mode!r}")
+        self.ndim = ndim
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (kernel_size,) * ndim
+        self.padding, self.padding_mode = padding, padding_mode
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(in_channels * kernel_size**ndim)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, C_in, L_1..L_d) -> (batch, C_out, L_mu + 2 padding - k + 1 ...)."""
+        if self.padding:
+            if self.padding_mode == "circular":
+                x = periodic_extend(x, self.padding, self.ndim)
+            else:
+                x = F.pad(x, (self.padding,) * (2 * self.ndim))
+        return conv_valid(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.ndim}d, {self.in_channels}, {self.out_channels}, "
+                f"kernel_size={self.kernel_size[0]}, padding={self.padding}")
+
+
 _CONVS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, ConvNd)
+
+
+def make_conv(ndim: int, in_channels: int, out_channels: int, kernel_size: int,
+              bias: bool = True, padding: int = 0, padding_mode: str = "zeros") -> nn.Module:
+    """Conv1d/2d/3d for d = 1, 2, 3 and :class:`ConvNd` for d >= 4 (stride 1, cubic kernel)."""
+    if ndim in _CONVS:
+        return _CONVS[ndim](in_channels, out_channels, kernel_size, padding=padding, bias=bias,
+                            padding_mode=padding_mode)
+    return ConvNd(ndim, in_channels, out_channels, kernel_size, padding=padding, bias=bias,
+                  padding_mode=padding_mode)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -70,26 +150,88 @@ def periodic_extend(x: torch.Tensor, radius: int, ndim: int) -> torch.Tensor:
     """Extend the last ``ndim`` axes of ``x`` periodically by ``radius`` sites on each side.
 
     Output extent L + 2 radius per axis, entry i taken from site (i - radius) mod L, so any
-    radius works, also radius > L (index_select with wrapped indices).
+    radius works, also radius > L (index_select with wrapped indices). For radius <= L the
+    faces are concatenated slices instead: the same values, and on CPU 2-7x cheaper than
+    index_select forward and 1.5x backward (a slice's gradient is a view, index_select's an
+    index_add; measured on (170, 32, 4, 4, 6) and (256, 32, 8, 8), radius 1).
     """
+    if radius == 0:
+        return x
     for axis in range(x.dim() - ndim, x.dim()):
         n = x.shape[axis]
-        idx = torch.arange(-radius, n + radius, device=x.device) % n
-        x = x.index_select(axis, idx)
+        if radius <= n:
+            x = torch.cat([x.narrow(axis, n - radius, radius), x, x.narrow(axis, 0, radius)],
+                          dim=axis)
+        else:
+            idx = torch.arange(-radius, n + radius, device=x.device) % n
+            x = x.index_select(axis, idx)
+    return x
+
+
+def halo_ratio(convs: Sequence[nn.Module], shape: Sequence[int]) -> float:
+    """Work of a conv stack on the input extended once, relative to the lattice volume.
+
+        w = sum_j c_j prod_mu (L_mu + 2 (R - R_j)) / (V sum_j c_j),   c_j = C_in,j C_out,j
+
+    R_j the receptive radius of convs 1..j, R = R_n: conv j then computes its output on the
+    lattice plus a halo of R - R_j sites per side, where padding before every conv computes
+    exactly V sites. w grows with d and falls with L: for convs 1-32-32-2 of kernel 3, 1.13 at
+    32^2, 1.26 at 16^2, 1.55 at 8^2, 2.99 at 4x4x6, 1.94 at 8^3, 1.58 at 12^3.
+    """
+    radii = [m.kernel_size[0] // 2 for m in convs]
+    total = sum(radii)
+    volume = math.prod(shape)
+    work = done = 0.0
+    for j, m in enumerate(convs):
+        c = m.in_channels * m.out_channels
+        halo = total - sum(radii[: j + 1])
+        work += c * math.prod(n + 2 * halo for n in shape)
+        done += c * volume
+    return work / done
+
+
+#: extend the input once while :func:`halo_ratio` stays below this, else pad before every conv.
+#: Measured on CPU (1 thread, convs 1-32-32-2 kernel 3, forward and forward + backward,
+#: benchmarks/dims.py): padding before every conv is 1.2-2x faster at 8^2, 8x12, 4x4x6, 6^3,
+#: 8^3, 12^3 (w >= 1.45), about even at 16^2 (w = 1.26), 1.3x slower at 32^2 (w = 1.13).
+EXTEND_ONCE_BELOW = 1.35
+
+
+def periodic_convs(layers: Sequence[nn.Module], x: torch.Tensor, ndim: int,
+                   once: bool) -> torch.Tensor:
+    """Apply ``layers`` (unpadded convs and element-wise modules) periodically to ``x``.
+
+    ``once``: extend the input by the total receptive radius, then run the valid convolutions;
+    otherwise extend by kernel_size // 2 right before every convolution. Both give the circular
+    'same' convolution stack exactly (the same products summed per output site).
+    """
+    if once:
+        radius = sum(m.kernel_size[0] // 2 for m in layers if isinstance(m, _CONV_TYPES))
+        x = periodic_extend(x, radius, ndim)
+        for m in layers:
+            x = m(x)
+        return x
+    for m in layers:
+        if isinstance(m, _CONV_TYPES):
+            x = periodic_extend(x, m.kernel_size[0] // 2, ndim)
+        x = m(x)
     return x
 
 
 class PeriodicConvNet(nn.Sequential):
-    """Convolutions without padding applied to the input extended periodically once.
+    """Convolutions without padding applied to the input extended periodically.
 
     A stack of circular-padded 'same' convolutions equals the same stack of unpadded ('valid')
     convolutions applied to the input extended periodically by the receptive radius R = sum of
     kernel_size // 2 over the convolutions: every valid output at site x sees exactly the
     sites x + offsets (mod L) that the circular stack sees. Extending the one-channel input once
-    is far cheaper than circular padding every hidden tensor and its gradient (measured on CPU,
-    forward + backward, 3 convs 1-16-16-2, batch 64: 1.2x faster at L = 16, 2.1x at L = 32).
-    The module is an ``nn.Sequential`` with the same children as before, so state dicts are
-    unchanged.
+    is cheaper than circular padding every hidden tensor and its gradient on large 2D lattices
+    (measured on CPU, forward + backward, 3 convs 1-16-16-2, batch 64: 1.2x faster at L = 16,
+    2.1x at L = 32), but on small lattices and in d >= 3 the halo of R sites per side costs more
+    than it saves (4x4x6: the middle conv computes 3x the volume). The net therefore extends
+    once only while :func:`halo_ratio` < :data:`EXTEND_ONCE_BELOW` and otherwise extends before
+    every conv (decided per lattice shape). The module is an ``nn.Sequential`` with the same
+    children as before, so state dicts are unchanged.
     """
 
     def __init__(self, ndim: int, radius: int, *layers: nn.Module) -> None:
@@ -97,18 +239,24 @@ class PeriodicConvNet(nn.Sequential):
         self.ndim = ndim
         self.radius = radius
 
+    def extends_once(self, shape: Sequence[int]) -> bool:
+        """Whether the input of lattice ``shape`` is extended once (else before every conv)."""
+        convs = [m for m in self if isinstance(m, _CONV_TYPES)]
+        return halo_ratio(convs, shape) < EXTEND_ONCE_BELOW
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """(batch, C_in, L...) -> (batch, C_out, L...), periodic in every lattice axis."""
-        return super().forward(periodic_extend(x, self.radius, self.ndim))
+        once = self.extends_once(x.shape[-self.ndim:])
+        return periodic_convs(list(self), x, self.ndim, once)
 
     def circular_padded(self) -> nn.Sequential:
         """The same net with circular 'same' padding in every convolution (the form this class
         replaces; shared weights), as the reference in tests and benchmarks."""
         layers: list[nn.Module] = []
         for m in self:
-            if isinstance(m, tuple(_CONVS.values())):
-                c = type(m)(m.in_channels, m.out_channels, m.kernel_size,
-                            padding=m.kernel_size[0] // 2, padding_mode="circular")
+            if isinstance(m, _CONV_TYPES):
+                c = make_conv(self.ndim, m.in_channels, m.out_channels, m.kernel_size[0],
+                              padding=m.kernel_size[0] // 2, padding_mode="circular")
                 c.weight, c.bias = m.weight, m.bias
                 layers.append(c)
             else:
@@ -116,15 +264,12 @@ class PeriodicConvNet(nn.Sequential):
         return nn.Sequential(*layers)
 
 
-def _conv_class(ndim: int, kernel_size: int) -> type[nn.Module]:
-    """Conv1d/2d/3d for d = 1, 2, 3, refusing other d and even or non-positive kernel sizes."""
-    if ndim not in _CONVS:
-        raise ValueError(f"conditioner nets exist for d = 1, 2, 3 dimensions, got d = {ndim}")
+def _check_kernel(kernel_size: int) -> None:
+    """Refuse even or non-positive kernel sizes ('same' padding needs an odd kernel)."""
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(
             f"kernel_size must be a positive odd integer ('same' padding), got {kernel_size}"
         )
-    return _CONVS[ndim]
 
 
 def _check_parities(parities: Sequence[int], bounded: Sequence[bool]) -> None:
@@ -133,6 +278,12 @@ def _check_parities(parities: Sequence[int], bounded: Sequence[bool]) -> None:
             f"parities {tuple(parities)} must be +1/-1 per output channel and match "
             f"bounded {tuple(bounded)} in length"
         )
+
+
+def chunk_rows(shape: Sequence[int], max_rows: int, max_sites: int) -> int:
+    """Rows per conditioner call on lattice ``shape``: at most ``max_rows`` and at most
+    ``max_sites`` lattice sites in all (at least one row)."""
+    return max(1, min(max_rows, max_sites // math.prod(shape)))
 
 
 def _in_chunks(fn, x: torch.Tensor, max_rows: int) -> torch.Tensor:
@@ -156,11 +307,11 @@ def make_conv_net(
     Periodic 'same' convolutions (see :class:`PeriodicConvNet`); the last convolution has zero
     weights and bias unless ``identity_init`` is false.
     """
-    conv = _conv_class(ndim, kernel_size)
+    _check_kernel(kernel_size)
     sizes = [in_channels, *hidden_channels, out_channels]
     layers: list[nn.Module] = []
     for i, (c_in, c_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(conv(c_in, c_out, kernel_size, padding=0))
+        layers.append(make_conv(ndim, c_in, c_out, kernel_size))
         if i < len(sizes) - 2:
             layers.append(make_activation(activation))
     if identity_init:
@@ -203,7 +354,7 @@ class ConvConditioner(nn.Module):
     """Periodic CNN conditioner, optionally exactly Z2-equivariant (see the module docstring).
 
     Args:
-        ndim: lattice dimension d (1, 2 or 3).
+        ndim: lattice dimension d (any d >= 1; d >= 4 uses :class:`ConvNd`).
         hidden_channels: channels of the hidden conv layers.
         kernel_size: odd kernel size.
         activation: tanh, leaky_relu, gelu, silu or relu.
@@ -243,13 +394,17 @@ class ConvConditioner(nn.Module):
         n_bounded = sum(self.bounded) if self.equivariant else 0
         self.scale = nn.Parameter(torch.ones(n_bounded)) if n_bounded else None
 
-    #: rows per conv call: oneDNN convolutions on CPU slow down sharply beyond ~1024 rows
-    #: (measured: 2048 rows cost 6x 1024), so large sampling batches run in chunks. Rows are
-    #: independent, so chunking changes nothing but speed.
+    #: rows per conv call: oneDNN convolutions on CPU slow down sharply once a call's tensors
+    #: leave the cache (measured: 2048 rows of 8^2 cost 6x 1024), so large batches run in
+    #: chunks of at most ``max_rows`` rows and ``max_sites`` sites (256 rows of 8^2; per-site
+    #: cost at 4x4x6: 0.6 us for 42 rows, 1.6 us for 682 rows; at 32^2 0.18 us for 16 rows,
+    #: 0.70 us for 256). Rows are independent, so chunking changes nothing but speed.
     max_rows = 256
+    max_sites = 16384
 
     def _net_chunked(self, x: torch.Tensor) -> torch.Tensor:
-        return _in_chunks(self.net, x, self.max_rows)
+        rows = chunk_rows(x.shape[2:], self.max_rows, self.max_sites)
+        return _in_chunks(self.net, x, rows)
 
     def forward(self, x_frozen: torch.Tensor) -> torch.Tensor:
         """Parameters, shape ``(batch, n_out, L_1, ..., L_d)``, from ``(batch, L_1, ..., L_d)``."""
@@ -301,7 +456,11 @@ class OddConvConditioner(nn.Module):
         _check_parities(parities, bounded)
         if not hidden_channels:
             raise ValueError("the odd conditioner needs at least one hidden layer")
-        conv = _conv_class(ndim, kernel_size)
+        _check_kernel(kernel_size)
+
+        def conv(c_in: int, c_out: int, k: int, bias: bool = True) -> nn.Module:
+            return make_conv(ndim, c_in, c_out, k, bias=bias)
+
         self.ndim = ndim
         self.n_out = len(parities)
         self.parities = tuple(int(p) for p in parities)
@@ -323,18 +482,31 @@ class OddConvConditioner(nn.Module):
                     if last.bias is not None:
                         nn.init.zeros_(last.bias)
         self.radius = (kernel_size // 2) * len(sizes)
+        self.kernel_size = kernel_size
         n_bounded = sum(self.bounded)
         self.scale = nn.Parameter(torch.ones(n_bounded)) if n_bounded else None
 
     max_rows = ConvConditioner.max_rows
+    max_sites = ConvConditioner.max_sites
+
+    def extends_once(self, shape: Sequence[int]) -> bool:
+        """Whether the input of lattice ``shape`` is extended once (see :class:`PeriodicConvNet`)."""
+        last = [m for m in (self.out_odd, self.out_even) if m is not None]
+        convs = [m for m in self.hidden if isinstance(m, _CONV_TYPES)] + last[:1]
+        return halo_ratio(convs, shape) < EXTEND_ONCE_BELOW
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.hidden(periodic_extend(x, self.radius, self.ndim))
+        if self.extends_once(x.shape[2:]):
+            h = self.hidden(periodic_extend(x, self.radius, self.ndim))
+        else:  # extend before every conv, the output convs' input by their own radius
+            h = periodic_convs(list(self.hidden), x, self.ndim, once=False)
+            h = periodic_extend(h, self.kernel_size // 2, self.ndim)
         odd = iter(self.out_odd(h).unbind(1)) if self.out_odd is not None else iter(())
         even = iter(self.out_even(h * h).unbind(1)) if self.out_even is not None else iter(())
         return torch.stack([next(odd) if p == -1 else next(even) for p in self.parities], dim=1)
 
     def forward(self, x_frozen: torch.Tensor) -> torch.Tensor:
         """Parameters, shape ``(batch, n_out, L_1, ..., L_d)``, from ``(batch, L_1, ..., L_d)``."""
-        p = _in_chunks(self._raw, _as_one_channel(x_frozen, self.ndim), self.max_rows)
+        rows = chunk_rows(x_frozen.shape[1:], self.max_rows, self.max_sites)
+        p = _in_chunks(self._raw, _as_one_channel(x_frozen, self.ndim), rows)
         return bound_channels(p, self.bounded, self.scale)
