@@ -133,7 +133,7 @@ def fourier_m2_init(m2: float | None) -> float:
 def build_flow(
     flow_cfg: FlowConfig, lattice_shape: tuple[int, ...], m2: float | None = None
 ) -> Flow:
-    """Build the flow of ``flow_cfg`` for ``lattice_shape`` (d = 1, 2, 3, even extents).
+    """Build the flow of ``flow_cfg`` for ``lattice_shape`` (any d >= 1, even extents).
 
     Layers: an optional :class:`ZeroModeLayer` (``flow_cfg.zero_mode_layer``), an optional
     :class:`FourierGaussianLayer` (``flow_cfg.fourier_layer``, initialised

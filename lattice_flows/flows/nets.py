@@ -191,9 +191,10 @@ def halo_ratio(convs: Sequence[nn.Module], shape: Sequence[int]) -> float:
 
 
 #: extend the input once while :func:`halo_ratio` stays below this, else pad before every conv.
-#: Measured on CPU (1 thread, convs 1-32-32-2 kernel 3, forward and forward + backward,
-#: benchmarks/dims.py): padding before every conv is 1.2-2x faster at 8^2, 8x12, 4x4x6, 6^3,
-#: 8^3, 12^3 (w >= 1.45), about even at 16^2 (w = 1.26), 1.3x slower at 32^2 (w = 1.13).
+#: Measured on CPU (1 thread, forward + backward of convs 1-C-C-2, kernel 3, time extend-once /
+#: pad-per-conv): 1.9 at 8^2 (C = 16, batch 64), 1.4-1.7 at 8^2 (C = 16, 32, batch 256), 2.0 at
+#: 4x4x6, 1.8-2.7 at 4^3, 1.6 at 8^3 (w >= 1.45); 0.95-1.04 at 16^2, 0.95 at 32^2 (C = 32,
+#: batch 16) and 64^2 (w <= 1.26). Below the threshold the nets extend once, as before.
 EXTEND_ONCE_BELOW = 1.35
 
 
