@@ -90,6 +90,12 @@ class ConvNd(nn.Module):
     Weights (C_out, C_in, k, ..., k) and bias are initialised as torch initialises Conv3d
     (Kaiming-uniform with a = sqrt(5), bias uniform in +-1/sqrt(fan_in)); the forward is
     :func:`conv_valid` on the padded input.
+
+    Example::
+
+        >>> conv = ConvNd(4, 1, 2, 3, padding=1, padding_mode="circular")
+        >>> conv(torch.randn(5, 1, 4, 4, 4, 2)).shape
+        torch.Size([5, 2, 4, 4, 4, 2])
     """
 
     def __init__(self, ndim: int, in_channels: int, out_channels: int, kernel_size: int,
