@@ -56,6 +56,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 #: conditioner needs: tanh and softsign u / (1 + |u|).
 ODD_ACTIVATIONS = ("tanh", "softsign")
 
+
 def conv_valid(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Unpadded ('valid') cross-correlation in any number d of spatial axes.
 
@@ -497,7 +498,7 @@ class OddConvConditioner(nn.Module):
     max_sites = ConvConditioner.max_sites
 
     def extends_once(self, shape: Sequence[int]) -> bool:
-        """Whether the input of lattice ``shape`` is extended once (see :class:`PeriodicConvNet`)."""
+        """Whether the input on lattice ``shape`` is extended once (as in PeriodicConvNet)."""
         last = [m for m in (self.out_odd, self.out_even) if m is not None]
         convs = [m for m in self.hidden if isinstance(m, _CONV_TYPES)] + last[:1]
         return halo_ratio(convs, shape) < EXTEND_ONCE_BELOW
