@@ -86,7 +86,7 @@ def conv_valid(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
 
 class ConvNd(nn.Module):
     """A d-dimensional convolution (d >= 4) with torch's Conv3d interface: cubic kernel
-    ``kernel_size``, zero or circular padding ``padding`` on every side, stride 1.
+    ``kernel_size``, stride 1, no padding or circular padding ``padding`` on every side.
 
     Weights (C_out, C_in, k, ..., k) and bias are initialised as torch initialises Conv3d
     (Kaiming-uniform with a = sqrt(5), bias uniform in +-1/sqrt(fan_in)); the forward is
@@ -102,8 +102,9 @@ class ConvNd(nn.Module):
     def __init__(self, ndim: int, in_channels: int, out_channels: int, kernel_size: int,
                  padding: int = 0, bias: bool = True, padding_mode: str = "zeros") -> None:
         super().__init__()
-        if padding_mode not in ("zeros", "circular"):
-            raise ValueError(f"padding_mode must be 'zeros' or 'circular', got {padding_mode!r}")
+        if padding and padding_mode != "circular":
+            raise ValueError(f"ConvNd pads circularly only (padding_mode='circular'), got "
+                             f"padding={padding} with padding_mode={padding_mode!r}")
         self.ndim = ndim
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kernel_size,) * ndim
@@ -117,11 +118,7 @@ class ConvNd(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, C_in, L_1..L_d) -> (batch, C_out, L_mu + 2 padding - k + 1 ...)."""
-        if self.padding:
-            if self.padding_mode == "circular":
-                x = periodic_extend(x, self.padding, self.ndim)
-            else:
-                x = F.pad(x, (self.padding,) * (2 * self.ndim))
+        x = periodic_extend(x, self.padding, self.ndim)
         return conv_valid(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -61,6 +61,11 @@ def test_periodic_conv_matches_brute_force_sum(d, extent):
         assert convs[0].weight.shape == (3, 2, *[3] * d)
 
 
+def test_conv_nd_refuses_zero_padding():
+    with pytest.raises(ValueError, match="circularly only"):
+        ConvNd(4, 1, 1, 3, padding=1)
+
+
 def test_conv_nd_initialisation_scale_matches_torch():
     """ConvNd draws its weights like torch's Conv3d: uniform in +-1/sqrt(fan_in)."""
     torch.manual_seed(0)
