@@ -12,6 +12,9 @@ Conventions (CONVENTIONS.md, "Statistics"):
   come from pyerrors' automatic linear error propagation, which is the Gamma-method for derived
   observables (Wolff 2004, section 3).
 * Flow quality: ESS/N = (sum w)^2 / (N sum w^2) with w = exp(log_w), computed in log space.
+  log w = -inf is a zero weight and counts in N (ESS, log Z); NaN or +inf is a failed draw:
+  ESS is then NaN and the reweighting functions raise. Tail diagnostics (Pareto k-hat, max w /
+  sum w, rejection runs): :mod:`lattice_flows.weights`.
 """
 
 from __future__ import annotations
@@ -103,22 +106,44 @@ def derived(
     return estimate_obs(func(*obs), S=S)
 
 
-def log_mean_exp(log_w: np.ndarray) -> float:
-    """log( (1/N) sum exp(log_w) ), stable."""
+def _log_weights(log_w: np.ndarray, what: str) -> np.ndarray:
+    """log w as float64, flat. log w = -inf is a zero weight (a legitimate sample: it counts in
+    N); NaN or +inf is a failed draw and raises (docs/conventions.md "Statistics")."""
     lw = np.asarray(log_w, dtype=np.float64).ravel()
+    bad = np.isnan(lw) | np.isposinf(lw)
+    if bad.any():
+        raise ValueError(
+            f"{what}: {int(bad.sum())} of {lw.size} log-weights are NaN or +inf (failed draws of "
+            "a broken flow); remove them explicitly and report how many "
+            "(lattice_flows.weights.weight_diagnostics counts them as n_failed)."
+        )
+    return lw
+
+
+def log_mean_exp(log_w: np.ndarray) -> float:
+    """log( (1/N) sum exp(log_w) ), stable; -inf entries are zero weights and count in N."""
+    lw = _log_weights(log_w, "log_mean_exp")
+    if lw.size == 0 or np.isneginf(lw).all():
+        return -math.inf
     m = lw.max()
     return float(m + np.log(np.mean(np.exp(lw - m))))
 
 
 def effective_sample_size(log_w: np.ndarray) -> float:
-    """ESS/N = (sum w)^2 / (N sum w^2), w = exp(log_w), in log space (CONVENTIONS.md)."""
+    """ESS/N = (sum w)^2 / (N sum w^2), w = exp(log_w), in log space (CONVENTIONS.md).
+
+    N counts every draw: log w = -inf is a zero weight and lowers ESS/N. A draw with log w = NaN
+    or +inf is a failure: the result is NaN (never a number that looks fine), so the caller sees
+    it; :func:`lattice_flows.weights.weight_diagnostics` counts such draws. All weights zero: 0.
+    """
     lw = np.asarray(log_w, dtype=np.float64).ravel()
-    lw = lw[np.isfinite(lw)] if np.isfinite(lw).any() else lw
     n = lw.size
-    if n == 0:
+    if n == 0 or (np.isnan(lw) | np.isposinf(lw)).any():
         return float("nan")
-    m = lw.max()
-    w = np.exp(lw - m)
+    pos = lw[np.isfinite(lw)]
+    if pos.size == 0:
+        return 0.0
+    w = np.exp(pos - pos.max())
     return float(w.sum() ** 2 / (n * (w * w).sum()))
 
 
@@ -149,10 +174,15 @@ def reweighted_mean(values: np.ndarray, log_w: np.ndarray) -> Reweighted:
     """Self-normalised reweighting of independent samples (delta-method error):
 
         <O> = sum_i w_i O_i / sum_i w_i,   var <O> = sum_i w_i^2 (O_i - <O>)^2 / (sum_i w_i)^2
+
+    Zero weights (log w = -inf) contribute nothing (their O may even be non-finite); NaN or
+    +inf log-weights raise ValueError (failed draws must be removed and counted by the caller).
     """
-    lw = np.asarray(log_w, dtype=np.float64).ravel()
+    lw = _log_weights(log_w, "reweighted_mean")
     x = np.asarray(values, dtype=np.float64).reshape(lw.size, -1)
     ok = np.isfinite(lw)
+    if not ok.any():
+        raise ValueError(f"reweighted_mean: all {lw.size} weights are zero (log w = -inf).")
     lw, x = lw[ok], x[ok]
     w = np.exp(lw - lw.max())
     w /= w.sum()
@@ -165,11 +195,17 @@ def reweighted_mean(values: np.ndarray, log_w: np.ndarray) -> Reweighted:
 
 def log_partition_function(log_w: np.ndarray) -> Reweighted:
     """log Z = log (1/N) sum_i w_i, w = exp(-S - log q) of independent flow samples, with the
-    delta-method error sqrt(Var(w) / (N mean(w)^2)) = sqrt((1/ESS_frac - 1)/N)."""
-    lw = np.asarray(log_w, dtype=np.float64).ravel()
-    lw = lw[np.isfinite(lw)]
+    delta-method error sqrt(Var(w) / (N mean(w)^2)) = sqrt((1/ESS_frac - 1)/N).
+
+    N counts every draw: zero weights (log w = -inf) lower mean(w) and raise Var(w)/mean(w)^2.
+    NaN or +inf log-weights raise ValueError; all weights zero give log Z = -inf (error NaN).
+    """
+    lw = _log_weights(log_w, "log_partition_function")
     n = lw.size
-    w = np.exp(lw - lw.max())
+    if n == 0 or np.isneginf(lw).all():
+        return Reweighted(-math.inf, float("nan"))
+    top = lw[np.isfinite(lw)].max()
+    w = np.exp(lw - top)  # exp(-inf) = 0
     m = w.mean()
     err = float(np.sqrt(w.var(ddof=1) / (n * m * m))) if n > 1 else float("nan")
-    return Reweighted(float(lw.max() + np.log(m)), err)
+    return Reweighted(float(top + np.log(m)), err)
