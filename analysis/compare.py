@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--observables", default=DEFAULT_OBSERVABLES,
                    help=f"comma-separated observables (default {DEFAULT_OBSERVABLES}); "
                         "ones missing from any run are skipped")
-    p.add_argument("--discard", type=int, default=0, metavar="N",
-                   help="drop the first N saved rows of every chain")
+    p.add_argument("--discard", type=int, default=None, metavar="N",
+                   help="drop the first N saved rows of every chain (default: each flow chain "
+                        "its burn-in, lattice_flows.analysis.default_discard; HMC nothing)")
     p.add_argument("--out", default=".", help="output folder (default: current directory)")
     p.add_argument("--stem", default="comparison", help="output file name without suffix")
     p.add_argument("--quiet", action="store_true", help="do not print the table to stdout")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"found {len(sources)}.")
         if not 0 <= args.reference < len(sources):
             raise C.fail(f"--reference {args.reference}: out of range for {len(sources)} runs.")
-        if args.discard < 0:
+        if args.discard is not None and args.discard < 0:
             raise C.fail(f"--discard must be >= 0, got {args.discard}")
         order = [args.reference] + [i for i in range(len(sources)) if i != args.reference]
         sources = [sources[i] for i in order]
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [o for o in observables if o not in {line["observable"] for line in cmp["table"]}]
         cmp["skipped_observables"] = missing
         cmp["reference"] = sources[0].label
-        cmp["discard"] = args.discard
+        cmp["discard"] = {r["name"]: r["discard"] for r in cmp["runs"]}
         cost_note = ("including the flow's training CPU-s" if extra_cpu
                      else "sampling CPU-s only (use --train-cost to add flow training)")
         text = (f"# Comparison (reference: {sources[0].label}; cost: {cost_note})\n\n"
@@ -107,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         if adjusted:
             text += ("\nImportance sampling (" + ", ".join(adjusted) + "): τ shown is the effective "
                      "1/(2 ESS/N), so cost per effective sample = CPU-s / ESS.\n")
-        text += ("\nz = (O − O_ref)/sqrt(σ² + σ_ref²); ratios are run / reference; "
-                 "τ_int in units of saved rows.\n")
+        text += (f"\nz = (O − O_ref)/sqrt(σ² + σ_ref²) with reference {sources[0].label}: > 0 "
+                 "means the run is higher; every ratio is run / reference (< 1: the run has the "
+                 "smaller τ_int, is cheaper per effective sample); τ_int in units of saved rows.\n")
         out = C.out_dir(args.out)
         (out / f"{args.stem}.md").write_text(text)
         C.write_json(out / f"{args.stem}.json", cmp)

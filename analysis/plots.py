@@ -166,7 +166,8 @@ def importance_log_z(run_dir: Path) -> float | None:
         return None
     try:
         sf = C.SampleFile(f)
-        return log_partition_function(sf.extra("log_w")).value
+        lw = np.asarray(sf.extra("log_w"), dtype=float).ravel()
+        return log_partition_function(lw[~(np.isnan(lw) | np.isposinf(lw))]).value  # failed draws out
     except C.DataFileError:
         return None
 

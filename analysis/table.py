@@ -23,7 +23,7 @@ import sys
 import _common as C
 
 FIELDS = ("run", "file", "kind", "observable", "type", "value", "error", "tau_int",
-          "tau_int_error", "window")
+          "tau_int_error", "window", "flag")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="run folders or sample files (samples.h5, hmc.h5, ...)")
     p.add_argument("--format", choices=("md", "csv", "json"), default="md",
                    help="output format (default: md)")
-    p.add_argument("--discard", type=int, default=0, metavar="N",
-                   help="drop the first N saved rows of every chain (default 0)")
+    p.add_argument("--discard", type=int, default=None, metavar="N",
+                   help="drop the first N saved rows of every chain (default: flow chains drop "
+                        "a burn-in, lattice_flows.analysis.default_discard; HMC and importance "
+                        "files nothing)")
     p.add_argument("--S", type=float, default=1.5, help="Gamma-method windowing parameter S (1.5)")
     p.add_argument("--max-t", type=int, default=None,
                    help="largest t of G[t], C[t] (default L_t/2)")
@@ -48,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def collect(args) -> list[dict]:
-    from lattice_flows.analysis import analyze_samples
+    from lattice_flows.analysis import analyze_samples, weight_warnings
 
-    if args.discard < 0:
+    if args.discard is not None and args.discard < 0:
         raise C.fail(f"--discard must be >= 0, got {args.discard}")
     results = []
     for src in C.load_sources(args.paths, C.parse_names(args.names)):
@@ -59,7 +61,8 @@ def collect(args) -> list[dict]:
         meta = {"run": src.label, "file": str(src.path), "kind": src.kind,
                 "lattice_shape": list(sf.lattice_shape), "m2": sf.attrs.get("m2"),
                 "lam": sf.attrs.get("lam"), "n_saved": sf.n_saved, "n_chains": sf.n_chains,
-                "discard": args.discard, "S": args.S, "cpu_s": sf.attrs.get("cpu_s")}
+                "discard": rows.discard, "S": args.S, "cpu_s": sf.attrs.get("cpu_s"),
+                "weights": rows.weights, "warnings": weight_warnings(rows, src.label)}
         results.append({"meta": meta, "observables": [r.as_dict() for r in rows]})
     return results
 
@@ -74,14 +77,20 @@ def to_markdown(results: list[dict]) -> str:
             f"λ = {m['lam']}, {m['n_saved'] - m['discard']} rows x {m['n_chains']} chains "
             f"({m['discard']} discarded), Γ-method S = {m['S']}\n"
         )
-        lines = ["| observable | value ± error | τ_int | window | type |",
-                 "|---|---|---|---|---|"]
+        lines = ["| observable | value ± error | τ_int | window | type | flag |",
+                 "|---|---|---|---|---|---|"]
         for o in res["observables"]:
             tau = C.fmt_err(o["tau_int"], o["tau_int_error"]) if o["tau_int_error"] else f"{o['tau_int']:.3g}"
+            flag = f"**{o['flag']}**" if o.get("flag") else ""
             lines.append(f"| {o['name']} | {C.fmt_err(o['value'], o['error'])} | {tau} | "
-                         f"{o['window']} | {o['kind']} |")
+                         f"{o['window']} | {o['kind']} | {flag} |")
         parts.append("\n".join(lines))
-    parts.append("τ_int in units of saved rows (Wolff normalisation: 1/2 for independent samples).")
+        for w in m.get("warnings") or []:
+            parts.append(f"> **WARNING** {w} Flagged rows are affected.")
+    parts.append("τ_int in units of saved rows (Wolff normalisation: 1/2 for independent samples). "
+                 "Flow files: weight diagnostics pareto_k (Pareto k̂ of the weights; > 0.7: not "
+                 "to be trusted), max_w/sum_w, N_eff = (Σw)²/Σw² and, for chains, the longest "
+                 "rejection run (> N/50: too short); docs/conventions.md \"Flow quality at scale\".")
     return "\n\n".join(parts) + "\n"
 
 
@@ -95,7 +104,8 @@ def to_csv(results: list[dict]) -> str:
             w.writerow({"run": m["run"], "file": m["file"], "kind": m["kind"],
                         "observable": o["name"], "type": o["kind"], "value": repr(float(o["value"])),
                         "error": repr(float(o["error"])), "tau_int": repr(float(o["tau_int"])),
-                        "tau_int_error": repr(float(o["tau_int_error"])), "window": int(o["window"])})
+                        "tau_int_error": repr(float(o["tau_int_error"])), "window": int(o["window"]),
+                        "flag": o.get("flag", "")})
     return buf.getvalue()
 
 

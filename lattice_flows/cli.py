@@ -92,7 +92,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         rows = analyze_samples(sf, discard=args.discard, S=args.S)
         meta = {"file": str(path), "kind": sf.attrs.get("kind"), "n_saved": sf.n_saved,
                 "n_chains": sf.n_chains, "lattice_shape": list(sf.lattice_shape),
-                "m2": sf.attrs.get("m2"), "lam": sf.attrs.get("lam"), "discard": args.discard,
+                "m2": sf.attrs.get("m2"), "lam": sf.attrs.get("lam"), "discard": rows.discard,
                 "S": args.S}
         if args.json:
             out.append(json.loads(rows_to_json(rows, meta)))
@@ -100,7 +100,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             title = (f"{path}  [{meta['kind']}, lattice {sf.lattice_shape}, m2={meta['m2']}, "
                      f"lam={meta['lam']}, {sf.n_saved} rows x {sf.n_chains} chains, "
                      f"Gamma-method S={args.S}]")
-            print(format_table(rows, title, sf.n_saved - args.discard))
+            print(format_table(rows, title, sf.n_saved))
             print()
     if args.json:
         print(json.dumps(out[0] if len(out) == 1 else out, indent=1))
@@ -179,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="table of observables with Gamma-method errors and tau_int")
     p.add_argument("path", help="a run folder or a sample HDF5 file")
     p.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    p.add_argument("--discard", type=int, default=0, help="drop the first N saved rows")
+    p.add_argument("--discard", type=int, default=None,
+                   help="drop the first N saved rows (default: flow chains drop a burn-in, the "
+                        "rows up to every chain's first accepted proposal, 1-50%% of the rows; "
+                        "HMC and importance files 0)")
     p.add_argument("--S", type=float, default=1.5, help="Gamma-method windowing parameter S")
     p.set_defaults(func=_cmd_analyze)
 

@@ -14,6 +14,13 @@ averages and log Z come from :func:`reweighted_estimates`.
 
 Chunks, checkpoints and resume follow :mod:`lattice_flows.mcmc.chain`: a rerun continues and
 the data equal an uninterrupted run's.
+
+Weight diagnostics (docs/conventions.md "Flow quality at scale"; :mod:`lattice_flows.weights`):
+every proposal's log w goes into a :class:`~lattice_flows.weights.WeightAccumulator` (Pareto k̂
+of the largest weights, max w / Σw, N_eff, zero and failed draws; for MCMC the longest run of
+rejections per chain, in steps). Its figures are written as ``weights_*`` attributes with every
+commit (``weights_flags`` lists the failed checks, '' when all pass) and its state goes into the
+checkpoint, so a resumed run ends with the figures of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from lattice_flows.observables import measure
 from lattice_flows.progress import progress_bar
 from lattice_flows.signals import StopRequested, stop_requested
 from lattice_flows.theory.phi4 import Phi4Action
+from lattice_flows.weights import WeightAccumulator, as_attrs, describe
 
 SAMPLES_NAME = {"mcmc": "samples.h5", "importance": "importance.h5"}
 
@@ -155,9 +163,17 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         cur = {k: state[k].to(device) for k in ("phi", "action", "log_q", "log_w")}
         cur["phi"] = cur["phi"].to(dtype)
         n_acc, n_nonfinite, cpu_used = int(state["n_accepted"]), int(state["n_nonfinite"]), float(state["cpu_s"])
+        if "weights" in state:
+            wacc = WeightAccumulator.from_state(state["weights"])
+            wacc.resize(total_steps * n_chains)
+        else:  # checkpoint of an older version: the diagnostics cover the resumed part only
+            wacc = WeightAccumulator(total_steps * n_chains, n_chains)
+            log.warning("%s has no weight diagnostics (older version): the weights_* attributes "
+                        "will cover only the steps from %d on", ckpt_path, step)
         log.info("resuming %s sampling in %s at step %d of %d", mode, run_dir, step, total_steps)
     else:
         step, n_acc, n_nonfinite, cpu_used = 0, 0, 0, 0.0
+        wacc = WeightAccumulator(total_steps * n_chains, n_chains)
         cur = {
             "phi": torch.zeros((n_chains, *shape), device=device, dtype=dtype),
             "action": torch.zeros(n_chains, device=device, dtype=torch.float64),
@@ -199,6 +215,7 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         u = torch.rand((k, n_chains), generator=gen, device=device, dtype=torch.float64)
         phi = phi.view(k, n_chains, *shape)
         s, lq, lw = s.view(k, n_chains), lq.view(k, n_chains), lw.view(k, n_chains)
+        wacc.add(lw.cpu().numpy())
         if mode == "mcmc":
             res = accept_reject(lw, cur["log_w"], u)
             n_nonfinite += res.n_nonfinite
@@ -214,6 +231,7 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
             }
             counted = accepted[1:] if step == 0 else accepted  # step 0 only initialises
             n_acc += int(counted.sum())
+            wacc.add_accepted(accepted.cpu().numpy())
         else:  # importance sampling: every draw is stored; non-finite ones are flagged
             accepted = torch.isfinite(lw)
             n_nonfinite += int((~accepted).sum())
@@ -261,6 +279,7 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
             done_attrs = {"cpu_s": cpu_now, "steps_done": step, "n_nonfinite": n_nonfinite}
             if mode == "mcmc":
                 done_attrs["acceptance"] = n_acc / max(1, (step - 1) * n_chains)
+            done_attrs.update(as_attrs(wacc.result(chain=mode == "mcmc")))
             writer.append(buf.take(), attrs=done_attrs)  # rows and attributes: one commit
             save_checkpoint({
                 "kind": f"flow-{mode}", "n_chains": n_chains, "step": step,
@@ -268,6 +287,8 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
                 **{k2: v.detach().cpu().clone() for k2, v in cur.items()},
                 "n_accepted": n_acc, "n_nonfinite": n_nonfinite, "cpu_s": cpu_now,
                 "pending_acc": pending_acc.cpu().clone(),
+                "weights": {k2: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                            for k2, v in wacc.state().items()},
             }, ckpt_path)
             if stop:
                 bar.close()
@@ -281,6 +302,8 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
             f", acceptance {n_acc / max(1, (step - 1) * n_chains):.3f}" if mode == "mcmc" else "",
             n_nonfinite, samples_path,
         )
+        for line in describe(wacc.result(chain=mode == "mcmc"), f"{samples_path}: flow proposals"):
+            log.warning("%s", line)
     else:
         log.info("flow %s run %s is already complete", mode, run_dir)
     return samples_path

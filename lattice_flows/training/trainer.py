@@ -172,6 +172,16 @@ def evaluate_flow(flow: Flow, action: Phi4Action, n_samples: int, batch_size: in
         "proposals_per_s": lw.numel() / dt,
         "log_w_std": float(lw[finite].std()) if finite.any() else float("nan"),
     }
+    # tail diagnostics of the weights (docs/conventions.md "Flow quality at scale"): Pareto
+    # k-hat, max w / sum w, N_eff, and the longest rejection run of the chain against its length
+    from lattice_flows.weights import weight_diagnostics
+
+    accepted = np.asarray(idx) == np.arange(len(idx))
+    wd = weight_diagnostics(lw.numpy(), accepted[:, None])
+    out.update({"khat": wd.khat, "khat_threshold": wd.khat_threshold, "n_eff": wd.ess,
+                "max_weight_fraction": wd.max_weight_fraction, "n_zero_weight": wd.n_zero,
+                "longest_rejection_run": wd.longest_rejection_run,
+                "weights_flags": wd.flags})
     for name, series in (("absM", abs(chain_M)), ("M2", chain_M**2)):
         est = gamma_method(series[:, None])
         out[f"tau_int_{name}"] = est.tau_int

@@ -2,8 +2,9 @@
 
 One module-scoped run folder (L = 6, 30 training steps, a few hundred flow-MCMC, importance and
 HMC samples) feeds every script; each test checks the exit status and that the outputs exist,
-are non-empty and parse (PNG magic bytes, JSON, CSV). A foreign HDF5 file gives exit status 2
-with its path on stderr.
+are non-empty and parse (PNG magic bytes, JSON, CSV); the z-score, τ_int ratio and cost ratio of
+compare.py are recomputed by hand from the files. A foreign HDF5 file gives exit status 2 with
+its path on stderr.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -83,7 +85,9 @@ def test_table(run_dir, tmp_path, fmt):
         assert {r["meta"]["kind"] for r in runs} == {"flow-mcmc", "flow-importance", "hmc"}
         names = {o["name"] for o in runs[-1]["observables"]}
         assert {"absM", "chi2", "U4", "C[1]"} <= names
-        assert all(r["meta"]["discard"] == 10 for r in runs)
+        # the chains drop 10 rows; independent importance draws nothing (as the meta says)
+        assert {r["meta"]["kind"]: r["meta"]["discard"] for r in runs} == {
+            "flow-mcmc": 10, "hmc": 10, "flow-importance": 0}
     elif fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(text)))
         assert rows and {"run", "observable", "value", "error", "tau_int"} <= set(rows[0])
@@ -105,6 +109,40 @@ def test_compare(run_dir, tmp_path):
     assert flow["train_cpu_s_added"] == pytest.approx(summary["train_cpu_s"])
     line = next(line for line in cmp["table"] if line["observable"] == "absM")
     assert {"value", "error", "z_vs_first", "tau_int_ratio", "cost_ratio"} <= set(line["runs"][1])
+    # every ratio names its direction: run / reference, here HMC / flow
+    text = md.read_text()
+    assert "cost per eff. sample HMC / flow (< 1: HMC cheaper)" in text
+    assert "τ_int HMC / flow" in text and "z = (HMC − flow)" in text
+    assert line["runs"][1]["ratio_of"] == "HMC / flow"
+    assert cmp["ratio_directions"]["cost_ratio"].startswith("CPU-s per effective sample, run / ref")
+
+
+def test_compare_z_score_and_cost_ratio_by_hand(run_dir, tmp_path):
+    """z and the cost ratio of comparison.json recomputed by hand from the sample files'
+    attributes, train_summary.json and the other script's (table.py) Γ-method estimates."""
+    ok(script("compare.py", run_dir / "samples.h5", run_dir / "hmc.h5", "--names", "flow,HMC",
+              "--train-cost", "--out", tmp_path, "--quiet"))
+    ok(script("table.py", run_dir / "samples.h5", run_dir / "hmc.h5", "--names", "flow,HMC",
+              "--format", "json", "--out", tmp_path, "--quiet"))
+    cmp = json.loads((tmp_path / "comparison.json").read_text())
+    tables = {r["meta"]["run"]: r for r in json.loads((tmp_path / "table.json").read_text())["runs"]}
+    train_cpu = json.loads((run_dir / "train_summary.json").read_text())["train_cpu_s"]
+    est, cost = {}, {}
+    for name, fname, extra in (("flow", "samples.h5", train_cpu), ("HMC", "hmc.h5", 0.0)):
+        with h5py.File(run_dir / fname, "r") as f:
+            cpu, n_chains = float(f.attrs["cpu_s"]) + extra, int(f.attrs["n_chains"])
+        meta = tables[name]["meta"]
+        n = (meta["n_saved"] - meta["discard"]) * n_chains
+        est[name] = next(o for o in tables[name]["observables"] if o["name"] == "absM")
+        cost[name] = cpu * 2 * est[name]["tau_int"] / n  # CPU-s per effective sample
+    z = (est["HMC"]["value"] - est["flow"]["value"]) / math.hypot(est["HMC"]["error"],
+                                                                  est["flow"]["error"])
+    hmc = next(line for line in cmp["table"] if line["observable"] == "absM")["runs"][1]
+    assert hmc["name"] == "HMC"
+    assert hmc["z_vs_first"] == pytest.approx(z, rel=1e-9)
+    assert hmc["cost_ratio"] == pytest.approx(cost["HMC"] / cost["flow"], rel=1e-9)
+    assert hmc["tau_int_ratio"] == pytest.approx(est["HMC"]["tau_int"] / est["flow"]["tau_int"],
+                                                 rel=1e-9)
 
 
 def test_compare_run_folder_expands(run_dir, tmp_path):
