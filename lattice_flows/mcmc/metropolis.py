@@ -8,7 +8,9 @@ is accepted with probability
 
 evaluated in float64. Proposals are generated in big no-grad batches by the flow; this module is
 the cheap sequential accept/reject on their log-weights, separately testable. Non-finite
-proposals (log w = nan or +-inf from a broken flow) are always rejected and counted.
+proposals are always rejected and counted in ``n_nonfinite``: log w = -inf is a zero weight
+(acceptance probability exactly 0, a correct rejection); NaN or +inf is a failure of the flow.
+:mod:`lattice_flows.weights` keeps the two apart (``n_zero``, ``n_failed``).
 """
 
 from __future__ import annotations
