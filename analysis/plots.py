@@ -185,7 +185,7 @@ def _series(rows: dict, prefix: str):
     return np.asarray(ts)[order], np.asarray(vals)[order], np.asarray(errs)[order]
 
 
-def plot_correlators(sources: list[C.Source], out: Path, dpi: int, discard: int = 0) -> Path:
+def plot_correlators(sources: list[C.Source], out: Path, dpi: int, discard: int | None = None) -> Path:
     from lattice_flows.analysis import analyze_samples
 
     sources = [s for s in sources if {"G", "C"} & set(s.sf.observable_names)]
@@ -254,6 +254,7 @@ def plot_autocorr(sources: list[C.Source], out: Path, dpi: int, obs_name: str = 
     lags_needed = 10
     label = OBS_LABELS.get(obs_name, obs_name)
     for s, col in zip(chains, colors(len(chains))):
+        discard = discard or 0
         x = s.sf.observable(obs_name)[discard:]
         if x.ndim != 2:
             raise C.fail(f"{s.path}: observable '{obs_name}' is not a scalar per configuration.")
@@ -297,22 +298,23 @@ def plot_autocorr(sources: list[C.Source], out: Path, dpi: int, obs_name: str = 
 
 def plot_weights(sources: list[C.Source], out: Path, dpi: int, discard: int = 0,
                  bins: int = 60) -> Path:
-    from lattice_flows.statistics import effective_sample_size
+    from lattice_flows.weights import weight_diagnostics
 
     flows = [s for s in sources if "log_w" in s.sf.extra_names]
     if not flows:
         raise C.fail(f"{', '.join(str(s.path) for s in sources)}: no flow file with /log_w.")
-    data = []
+    data, diag = [], []
     for s in flows:
-        lw = np.asarray(s.sf.extra("log_w")[discard:], dtype=float).ravel()
+        lw = np.asarray(s.sf.extra("log_w")[discard or 0:], dtype=float).ravel()
+        diag.append(weight_diagnostics(lw))  # zero weights (-inf) count in N
         data.append(lw[np.isfinite(lw)])
     allw = np.concatenate(data)
     lo, hi = np.percentile(allw, [0.05, 100])
     edges = np.linspace(lo, hi, bins + 1)
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for s, lw, col in zip(flows, data, colors(len(flows))):
+    for s, lw, d, col in zip(flows, data, diag, colors(len(flows))):
         if s.kind == "flow-importance":
-            what = f"proposals ~ q, ESS/N = {effective_sample_size(lw):.3g}"
+            what = f"proposals ~ q, ESS/N = {d.ess_fraction:.3g}, Pareto k̂ = {d.khat:.2f}"
         else:
             what = "chain states ~ p"
         ax.hist(lw, bins=edges, density=True, histtype="step", lw=1.5, color=col,
@@ -352,7 +354,7 @@ def plot_rejections(sources: list[C.Source], out: Path, dpi: int, discard: int =
     fig, ax = plt.subplots(figsize=(6.4, 4))
     runs_all = []
     for s in chains:
-        acc = s.sf.accepted()[discard:]
+        acc = s.sf.accepted()[discard or 0:]
         runs_all.append((rejection_runs(acc), float(acc.mean()) if acc.size else float("nan")))
     longest = max([int(r.max()) for r, _ in runs_all if r.size] + [1])
     if longest > 60:
@@ -399,10 +401,10 @@ def plot_magnetization(sources: list[C.Source], out: Path, dpi: int, discard: in
         raise C.fail(f"{', '.join(str(s.path) for s in sources)}: no observable M.")
     data = []
     for s in have:
-        M = np.asarray(s.sf.observable("M")[discard:], dtype=float).ravel()
+        M = np.asarray(s.sf.observable("M")[discard or 0:], dtype=float).ravel()
         w = None
         if s.kind == "flow-importance" and "log_w" in s.sf.extra_names:
-            lw = np.asarray(s.sf.extra("log_w")[discard:], dtype=float).ravel()
+            lw = np.asarray(s.sf.extra("log_w")[discard or 0:], dtype=float).ravel()
             ok = np.isfinite(lw)
             M, lw = M[ok], lw[ok]
             w = np.exp(lw - lw.max())
@@ -445,8 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--names", default=None,
                         help="comma-separated labels, one per sample file (per train log for "
                              "'train')")
-        sp.add_argument("--discard", type=int, default=0, metavar="N",
-                        help="drop the first N saved rows of every chain")
+        sp.add_argument("--discard", type=int, default=None, metavar="N",
+                        help="drop the first N saved rows of every chain (default: none for the "
+                             "raw-data figures; the correlators' Γ-method values drop the flow "
+                             "chains' burn-in, lattice_flows.analysis.default_discard)")
         return sp
 
     common(sub.add_parser("train", help="training history (loss, ESS, acceptance vs step)"))
@@ -469,7 +473,7 @@ def run(args) -> int:
     PREFIX = args.prefix
     out = C.out_dir(args.out)
     names = C.parse_names(args.names)
-    if args.discard < 0:
+    if args.discard is not None and args.discard < 0:
         raise C.fail(f"--discard must be >= 0, got {args.discard}")
     cmd = args.command
     if cmd == "train":
