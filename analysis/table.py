@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def collect(args) -> list[dict]:
-    from lattice_flows.analysis import analyze_samples, weight_warnings
+    from lattice_flows.analysis import analyze_samples, weight_notes, weight_warnings
 
     if args.discard is not None and args.discard < 0:
         raise C.fail(f"--discard must be >= 0, got {args.discard}")
@@ -62,7 +62,8 @@ def collect(args) -> list[dict]:
                 "lattice_shape": list(sf.lattice_shape), "m2": sf.attrs.get("m2"),
                 "lam": sf.attrs.get("lam"), "n_saved": sf.n_saved, "n_chains": sf.n_chains,
                 "discard": rows.discard, "S": args.S, "cpu_s": sf.attrs.get("cpu_s"),
-                "weights": rows.weights, "warnings": weight_warnings(rows, src.label)}
+                "weights": rows.weights, "warnings": weight_warnings(rows, src.label),
+                "notes": weight_notes(rows, src.label)}
         results.append({"meta": meta, "observables": [r.as_dict() for r in rows]})
     return results
 
@@ -87,6 +88,8 @@ def to_markdown(results: list[dict]) -> str:
         parts.append("\n".join(lines))
         for w in m.get("warnings") or []:
             parts.append(f"> **WARNING** {w} Flagged rows are affected.")
+        for w in m.get("notes") or []:
+            parts.append(f"> note: {w}")
     parts.append("τ_int in units of saved rows (Wolff normalisation: 1/2 for independent samples). "
                  "Flow files: weight diagnostics pareto_k (Pareto k̂ of the weights; > 0.7: not "
                  "to be trusted), max_w/sum_w, N_eff = (Σw)²/Σw² and, for chains, the longest "

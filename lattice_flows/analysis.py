@@ -153,6 +153,13 @@ def weight_warnings(rows: list[Row], what: str = "flow weights") -> list[str]:
     return W.describe(d, what) if d else []
 
 
+def weight_notes(rows: list[Row], what: str = "flow weights") -> list[str]:
+    """Notes that flag nothing: 0.5 < k̂ <= 0.7, usable with care."""
+    d = getattr(rows, "weights", None)
+    note = W.care_note(d, what) if d else None
+    return [note] if note else []
+
+
 def find_sample_files(path: str | Path) -> list[Path]:
     """A file itself, or the sample files of a run folder (merged view preferred)."""
     p = Path(path)
@@ -389,6 +396,8 @@ def format_table(rows: list[Row], title: str = "", n_per_chain: int | None = Non
         lines.append(f"(first {discard} rows per chain discarded as burn-in)")
     for w in weight_warnings(rows):
         lines.append(f"! WARNING {w} Rows marked [..] are affected.")
+    for w in weight_notes(rows):
+        lines.append(f"note: {w}")
     return "\n".join(lines)
 
 
@@ -396,4 +405,5 @@ def rows_to_json(rows: list[Row], meta: dict) -> str:
     """``{"meta", "observables", "weights", "warnings"}`` (weights: diagnostics dict or null)."""
     return json.dumps({"meta": meta, "observables": [r.as_dict() for r in rows],
                        "weights": getattr(rows, "weights", None),
-                       "warnings": weight_warnings(rows)}, indent=1, default=str)
+                       "warnings": weight_warnings(rows), "notes": weight_notes(rows)},
+                      indent=1, default=str)

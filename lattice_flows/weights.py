@@ -17,7 +17,10 @@ w = exp(log w), log w = −S − log q, has been sampled. These diagnostics say 
 * **N_eff = (Σw)² / Σw²** (= N · ESS/N, docs/conventions.md "Statistics").
 * **Longest rejection run** of an independence-Metropolis chain against the chain length N: a
   chain stuck for r steps has τ_int ≳ r/2 over that stretch, and the Γ-method needs
-  N ≥ 100 τ_int (Wolff 2004), so r > N/50 flags the chain as too short.
+  N ≥ 100 τ_int (Wolff 2004), so r > N/50 flags the chain as too short. From a state of large weight
+  w a proposal is accepted with probability E_q[min(1, w'/w)] ≈ mean(w)/w, so the chain stays
+  about w/mean(w) = N w/Σw steps: r/N is roughly that state's share of the total weight, and
+  the flag also says that one draw holds more than ~2 % of it.
 
 Zero weights (log w = −∞: the target density vanishes, e.g. S = +∞) are legitimate samples and
 count in N. NaN or log w = +∞ is a failure of the flow: counted separately (``n_failed``),
@@ -200,6 +203,16 @@ def weight_diagnostics(log_w: np.ndarray, accepted: np.ndarray | None = None,
         longest_rejection_run=run, chain_length=length,
         flags=flags_for(khat, n, n_failed, run, length),
     )
+
+
+def care_note(d: WeightDiagnostics | dict, what: str = "flow weights") -> str | None:
+    """A note (not a flag) when 0.5 < k̂ <= 0.7 passes every check: usable with care."""
+    d = d if isinstance(d, dict) else d.as_dict()
+    k = d.get("khat")
+    if k is None or not math.isfinite(k) or not KHAT_CARE < k <= KHAT_BAD or "khat>0.7" in (d.get("flags") or []):
+        return None
+    return (f"{what}: Pareto k̂ = {k:.2f} is in 0.5-0.7: Var(w) is infinite or nearly so; the "
+            "averages are usable with care, their errors may be too small (arXiv:1507.02646).")
 
 
 def describe(d: WeightDiagnostics | dict, what: str = "flow weights") -> list[str]:

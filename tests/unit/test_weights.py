@@ -16,6 +16,7 @@ from lattice_flows.statistics import (
 )
 from lattice_flows.weights import (
     WeightAccumulator,
+    care_note,
     flags_for,
     gpd_fit,
     khat_threshold,
@@ -101,6 +102,10 @@ def test_longest_rejection_run_and_flags_by_hand():
     assert flags_for(0.3, 10**5, longest_run=11, chain_length=500) == ["stuck"]  # > N/50
     assert flags_for(0.3, 10**5, n_failed=2) == ["failed"]
     assert flags_for(math.nan, 10) == ["no-khat"]
+    # 0.5 < k <= 0.7: a note, no flag
+    assert "usable with care" in care_note({"khat": 0.6, "flags": []})
+    assert care_note({"khat": 0.45, "flags": []}) is None
+    assert care_note({"khat": 0.8, "flags": ["khat>0.7"]}) is None
 
 
 def test_weight_diagnostics_by_hand():
