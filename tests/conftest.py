@@ -70,6 +70,17 @@ def family_sigma(n_checks: int, single: float = 3.0) -> float:
     return float(norm.isf(p_each / 2))
 
 
+def sidak_z(alpha: float, n_checks: int) -> float:
+    """Two-sided z threshold such that ``n_checks`` independent standard-normal statistics all
+    stay below it with probability 1 - ``alpha`` (Sidak: per check 1 - (1 - alpha)^(1/n)).
+    ``alpha`` is the family-wise false-alarm probability of a correct code on a new seed; e.g.
+    sidak_z(1e-3, 1) = 3.29, sidak_z(1e-3, 6) = 3.76."""
+    from scipy.stats import norm
+
+    p_each = 1 - (1 - alpha) ** (1 / n_checks)
+    return float(norm.isf(p_each / 2))
+
+
 @pytest.fixture(autouse=True)
 def _detach_lattice_flows_log_handlers():
     """In-process CLI calls attach log handlers to the (captured) stderr of their test; drop

@@ -1,4 +1,16 @@
-"""Gamma-method against exactly known autocorrelations, ESS against closed forms."""
+"""Gamma-method against exactly known autocorrelations, ESS against closed forms.
+
+Every tolerance is k standard errors of the quantity tested, k = sidak_z(ALPHA, n) for the n
+checks of a family (tests/conftest.py): a correct implementation fails a family with
+probability ALPHA on a new seed. The standard error of a Gamma-method error estimate ("the
+error of the error") is Wolff's (hep-lat/0306017, eq. (42), the Madras-Sokal approximation):
+
+    delta(sigma_F) / sigma_F = sqrt((W + 1/2) / N)
+
+with W the summation window and N the total number of measurements; pyerrors reports the same
+figure as ``Obs.e_ddvalue``. ``test_error_of_the_error_matches_the_replica_spread`` checks that
+formula itself against the spread over independent replicas.
+"""
 
 import math
 
@@ -8,6 +20,15 @@ import pytest
 from lattice_flows.statistics import (
     ar1_tau_int, derived, effective_mass, effective_sample_size, gamma_method,
 )
+from tests.conftest import sidak_z
+
+ALPHA = 1e-3  # family-wise false-alarm probability of each family of checks below
+AR1_COEFFS = [0.0, 0.5, 0.8, 0.9]
+
+
+def error_of_error(error: float, window: int, n: int) -> float:
+    """Standard error of a Gamma-method error estimate: error * sqrt((W + 1/2) / N)."""
+    return error * math.sqrt((window + 0.5) / n)
 
 
 def ar1(a: float, n: int, n_chains: int, seed: int) -> np.ndarray:
@@ -20,18 +41,42 @@ def ar1(a: float, n: int, n_chains: int, seed: int) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("a", [0.0, 0.5, 0.8, 0.9])
+@pytest.mark.parametrize("a", AR1_COEFFS)
 def test_gamma_method_reproduces_ar1_tau_int(a):
     x = ar1(a, 20000, 4, seed=int(a * 100))
     est = gamma_method(x)
     exact = ar1_tau_int(a)
+    k = sidak_z(ALPHA, 3 * len(AR1_COEFFS))  # 3 checks for each coefficient: one family
     # the Gamma-method reports its own statistical error of tau_int (Madras-Sokal formula)
-    assert abs(est.tau_int - exact) < 3 * est.tau_int_error, (est, exact)
-    # the error of the mean matches the exact asymptotic variance 2 tau_int Var(x) / N
+    assert abs(est.tau_int - exact) < k * est.tau_int_error, (est, exact)
+    # the error of the mean matches the exact asymptotic variance 2 tau_int Var(x) / N, within
+    # k standard errors of the error estimate (Wolff eq. (42))
     var_x = 1 / (1 - a * a)
     exact_err = math.sqrt(2 * exact * var_x / x.size)
-    assert est.error == pytest.approx(exact_err, rel=0.15)
-    assert abs(est.value) < 4 * exact_err
+    dd = error_of_error(exact_err, est.window, x.size)
+    assert abs(est.error - exact_err) < k * dd, (est, exact_err, dd)
+    assert abs(est.value) < k * exact_err  # exact mean 0
+
+
+def test_error_of_the_error_matches_the_replica_spread():
+    """The spread of the error estimate over R independent AR(1) replicas is the predicted
+    sqrt((W + 1/2)/N) of it, and its mean is the exact error within its standard error.
+
+    The sample standard deviation of R values has relative standard error 1/sqrt(2(R-1))
+    (normal approximation, adequate at R = 300); the replica mean has sd/sqrt(R).
+    """
+    a, n, R = 0.8, 2000, 300
+    x = ar1(a, n, R, seed=7)
+    ests = [gamma_method(x[:, r]) for r in range(R)]
+    errs = np.array([e.error for e in ests])
+    windows = np.array([e.window for e in ests])
+    exact = ar1_tau_int(a)
+    exact_err = math.sqrt(2 * exact / (1 - a * a) / n)
+    predicted_sd = error_of_error(exact_err, int(np.median(windows)), n)
+    k = sidak_z(ALPHA, 2)
+    sd = errs.std(ddof=1)
+    assert abs(sd - predicted_sd) < k * predicted_sd / math.sqrt(2 * (R - 1)), (sd, predicted_sd)
+    assert abs(errs.mean() - exact_err) < k * sd / math.sqrt(R), (errs.mean(), exact_err, sd)
 
 
 def test_derived_observable_error_propagation():
@@ -43,8 +88,11 @@ def test_derived_observable_error_propagation():
     est = derived(lambda a, b: a / b, [A, B])
     N = A.size
     expected = math.sqrt((1 / 4) ** 2 / N + (2 / 16) ** 2 / N)
-    assert est.value == pytest.approx(0.5, abs=4 * expected)
-    assert est.error == pytest.approx(expected, rel=0.1)
+    k = sidak_z(ALPHA, 2)
+    # value: the delta-method bias (2/4^3 / N ~ 4e-7) is far below the error (~ 1.4e-3)
+    assert abs(est.value - 0.5) < k * expected, (est, expected)
+    dd = error_of_error(expected, est.window, N)  # Wolff eq. (42)
+    assert abs(est.error - expected) < k * dd, (est, expected, dd)
 
 
 def test_ess_closed_forms():
@@ -55,9 +103,22 @@ def test_ess_closed_forms():
     assert effective_sample_size(lw) == pytest.approx(0.01)
     # log-normal weights: ESS/N -> exp(-sigma^2)
     rng = np.random.default_rng(0)
-    sigma = 0.5
-    lw = rng.normal(0, sigma, size=400000) + 1000.0  # shift: must be computed in log space
-    assert effective_sample_size(lw) == pytest.approx(math.exp(-sigma**2), rel=0.01)
+    sigma, n = 0.5, 400000
+    lw = rng.normal(0, sigma, size=n) + 1000.0  # shift: must be computed in log space
+    ess = effective_sample_size(lw)
+    assert abs(ess - math.exp(-sigma**2)) < sidak_z(ALPHA, 1) * lognormal_ess_error(sigma, n), ess
+
+
+def lognormal_ess_error(sigma: float, n: int) -> float:
+    """Standard error of ESS/N = m1^2 / m2 (m_k = mean of w^k) for n independent log-normal
+    weights w = exp(N(0, sigma^2)), by the delta method with the exact moments
+    E[w^k] = exp(k^2 sigma^2 / 2): var = g^T C g / n, g = (2 m1/m2, -m1^2/m2^2),
+    C = [[E w^2 - m1^2, E w^3 - m1 m2], [., E w^4 - m2^2]]."""
+    mom = {k: math.exp(k * k * sigma * sigma / 2) for k in (1, 2, 3, 4)}
+    m1, m2 = mom[1], mom[2]
+    g = np.array([2 * m1 / m2, -m1 * m1 / m2**2])
+    C = np.array([[mom[2] - m1 * m1, mom[3] - m1 * m2], [mom[3] - m1 * m2, mom[4] - m2 * m2]])
+    return float(math.sqrt(g @ C @ g / n))
 
 
 def test_effective_mass_of_cosh():
