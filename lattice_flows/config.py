@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +44,9 @@ class _Field:
     choices: tuple[str, ...] = ()
 
 
+_DECIMAL = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
 def _coerce(key: str, value: Any, spec: _Field) -> Any:
     """Return ``value`` converted to the schema kind or raise a ConfigError naming ``key``."""
     kind = spec.kind
@@ -55,10 +59,10 @@ def _coerce(key: str, value: Any, spec: _Field) -> Any:
         out: Any = int(value)
     elif kind == "float":
         if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad from None
+            # a plain decimal literal only: Python's float() also reads ' 1', '1_0', '١'
+            if not _DECIMAL.fullmatch(value):
+                raise bad
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         out = float(value)

@@ -11,8 +11,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import re
+from dataclasses import asdict
+
 from lattice_flows.cli import main
-from lattice_flows.config import ConfigError, config_from_dict
+from lattice_flows.config import (
+    ConfigError, FlowConfig, HMCConfig, OutputConfig, SampleConfig, TrainConfig, config_from_dict,
+)
 
 VALID = {
     "lattice": {"shape": [4, 4]},
@@ -58,10 +63,12 @@ def test_malformed_values_are_refused_with_the_key(tmp_path, target, value):
     else:
         raw[sec][key] = value
         name = key
+    refuse = must_refuse(sec, key, value)
     try:
-        config_from_dict(raw)
+        cfg = config_from_dict(raw)
     except ConfigError as exc:
         msg = str(exc)
+        assert refuse, f"refused an allowed value {target} = {value!r}: {msg}"
         assert name in msg, (target, value, msg)
         assert "\n" not in msg.strip()
         path = tmp_path / "c.yaml"
@@ -69,9 +76,192 @@ def test_malformed_values_are_refused_with_the_key(tmp_path, target, value):
         assert main(["hmc", str(path), "--no-progress"]) == 2
         assert not out.exists()
         return
-    # accepted: only values that are genuinely allowed may get here
-    cfg = config_from_dict(raw)
-    assert cfg is not None
+    # accepted: only values the documented table allows may get here, and they round-trip
+    assert not refuse, f"accepted {target} = {value!r}, which the documented table refuses"
+    assert_round_trip(raw, cfg)
+
+
+def assert_round_trip(raw: dict, cfg) -> None:
+    """Every value of an accepted ``raw`` is what the resolved config holds; sections given as
+    null take every documented default."""
+    resolved = cfg.to_dict()
+    for s_name, body in raw.items():
+        if isinstance(body, dict) and s_name in SECTION_DEFAULTS:
+            want = {**SECTION_DEFAULTS[s_name], **{k: resolve(s_name, k, v) for k, v in body.items()}}
+            assert resolved[s_name] == want, (s_name, resolved[s_name], want)
+        elif body is None:
+            assert resolved[s_name] == SECTION_DEFAULTS[s_name], (s_name, resolved[s_name])
+        elif s_name == "lattice":
+            assert resolved["lattice"] == {"shape": list(body["shape"])}
+        elif s_name == "action":
+            assert (resolved["action"]["m2"], resolved["action"]["lam"]) == (
+                resolve("action", "m2", body["m2"]), resolve("action", "lam", body["lam"]))
+        else:
+            assert resolved[s_name] == resolve(s_name, None, body), (s_name, resolved[s_name], body)
+
+
+# ------------------------------------------------------------------ the oracle
+# What must be refused, written from the documented table (README "Configuration" and the
+# allowed values each key's error message names), independently of config.py's schema: a
+# predicate per key over the raw YAML value. "number": an int or float (not a bool), finite, or
+# a string that reads as a decimal number (YAML 1.1 leaves e.g. 3e-3 a string).
+
+_NUMBER = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v):
+    """The value as a finite float, or None if it is not a number."""
+    if isinstance(v, str):
+        if not _NUMBER.fullmatch(v):
+            return None
+        v = float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _int_ok(cond):
+    return lambda v: _is_int(v) and cond(v)
+
+
+def _num_ok(cond):
+    return lambda v: _number(v) is not None and cond(_number(v))
+
+
+def _choice(*choices):
+    return lambda v: isinstance(v, str) and v in choices
+
+
+def _pos_int_list(v) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(_is_int(n) and n > 0 for n in v)
+
+
+_is_bool = lambda v: isinstance(v, bool)  # noqa: E731
+_pos = _int_ok(lambda n: n > 0)
+
+ALLOWED = {
+    # VALID has a flow section: checkerboard couplings need every extent even
+    ("lattice", "shape"): lambda v: _pos_int_list(v) and all(n % 2 == 0 for n in v),
+    ("action", "m2"): _num_ok(lambda x: True),  # lam = 8 > 0 in VALID: any finite m2
+    ("action", "lam"): _num_ok(lambda x: x > 0),  # lam >= 0, and lam = 0 needs m2 > 0 (m2 = -4)
+    ("seed", None): _int_ok(lambda n: n >= 0),
+    ("device", None): _choice("auto", "cpu", "cuda"),
+    ("dtype", None): _choice("float32", "float64"),
+    ("hmc", "n_chains"): _pos,
+    ("hmc", "n_therm"): _int_ok(lambda n: n >= 0),
+    ("hmc", "n_traj"): _pos,
+    ("hmc", "n_steps"): _pos,
+    ("hmc", "step_size"): lambda v: v == "auto" or _num_ok(lambda x: x > 0)(v),
+    ("hmc", "target_acceptance"): _num_ok(lambda x: 0 < x < 1),
+    ("hmc", "save_every"): _pos,
+    ("hmc", "integrator"): _choice("leapfrog", "omelyan"),
+    ("hmc", "jitter"): _num_ok(lambda x: 0 <= x < 1),
+    ("flow", "n_layers"): _int_ok(lambda n: n > 0 and n % 2 == 0),
+    ("flow", "hidden_channels"): _pos_int_list,
+    ("flow", "kernel_size"): _int_ok(lambda n: n > 0 and n % 2 == 1),
+    ("flow", "equivariant"): _is_bool,
+    # the conditioner is 'symmetrized' (default), which takes any activation
+    ("flow", "activation"): _choice("tanh", "leaky_relu", "gelu", "silu", "relu", "softsign"),
+    ("flow", "fourier_layer"): _is_bool,
+    ("train", "steps"): _pos,
+    ("train", "batch_size"): _pos,
+    ("train", "lr"): _num_ok(lambda x: x > 0),
+    # forward and mixed need train.data, which VALID does not give
+    ("train", "objective"): _choice("reverse", "path_gradient", "path_gradient_fast"),
+    ("sample", "n_chains"): _pos,
+    ("sample", "n_samples"): _pos,
+    ("sample", "batch_size"): _pos,
+    ("output", "dir"): lambda v: isinstance(v, str) and v != "",
+    ("output", "chunk_rows"): _pos,
+}
+# optional sections: null or {} means every default; lattice and action are required
+OPTIONAL_SECTIONS = ("hmc", "flow", "train", "sample", "output")
+
+
+def must_refuse(sec: str, key: str | None, value) -> bool:
+    """True iff VALID with ``raw[sec][key] = value`` (``raw[sec] = value`` for key None) is not
+    an allowed configuration."""
+    if key is not None:
+        if (sec, key) not in ALLOWED:  # an unknown key
+            return True
+        return not ALLOWED[(sec, key)](value)
+    if (sec, None) in ALLOWED:  # a top-level scalar
+        return not ALLOWED[(sec, None)](value)
+    if sec not in OPTIONAL_SECTIONS:  # lattice, action (whole section replaced) or unknown
+        return True
+    if value is None:
+        return False
+    if not isinstance(value, dict):
+        return True
+    return any((sec, k) not in ALLOWED or not ALLOWED[(sec, k)](v) for k, v in value.items())
+
+
+NUMBER_KEYS = {("action", "m2"), ("action", "lam"), ("hmc", "step_size"),
+               ("hmc", "target_acceptance"), ("hmc", "jitter"), ("train", "lr")}
+
+
+def resolve(sec: str, key: str | None, v):
+    """The value an accepted raw value resolves to (a number written as a string is read)."""
+    return float(v) if (sec, key) in NUMBER_KEYS and isinstance(v, str) and v != "auto" else v
+
+
+SECTION_DEFAULTS = {
+    "hmc": asdict(HMCConfig()),
+    "flow": {**asdict(FlowConfig()), "hidden_channels": list(FlowConfig().hidden_channels)},
+    "train": asdict(TrainConfig()),
+    "sample": asdict(SampleConfig()),
+    "output": asdict(OutputConfig()),
+}
+
+
+# Boundary values around every documented limit, allowed and not: each is set at every key.
+BOUNDARY = [
+    None, True, False, 0, 1, 2, 3, 4, 7, -1, 0.0, 0.5, 0.999, 1.0, 1.5, -0.5, 1e-300,
+    "auto", "cpu", "cuda", "float32", "float64", "leapfrog", "omelyan", "tanh", "leaky_relu",
+    "gelu", "silu", "relu", "softsign", "reverse", "path_gradient", "path_gradient_fast",
+    "forward", "mixed", "symmetrized", "odd", "mcmc", "affine", "runs/x", "", "3e-3", "1e-1",
+    "0.5", "2", "-2", "+.5e1", "1.", "nan", "inf", "1_0", " 1", "0x10", "\u0661",
+    [], [2], [4, 4], [3, 4], [0, 4], [2, 2, 2], [4, True], [1.0], {}, {"n_chains": 3},
+    {"bogus": 1}, {"steps": 0}, {"dir": "runs/y", "chunk_rows": 5},
+]
+
+
+def _with(target, value) -> dict:
+    raw = copy.deepcopy(VALID)
+    raw["output"]["dir"] = "/nonexistent/never/written"
+    sec, key = target
+    if key is None:
+        raw[sec] = value
+    else:
+        raw[sec][key] = value
+    return raw
+
+
+def test_every_key_accepts_exactly_what_the_documented_table_allows():
+    """All BOUNDARY values at all keys: accepted iff the oracle allows it, and accepted values
+    round-trip (exhaustive, so the accepted branch is exercised as much as the refusals)."""
+    wrong, n_accepted = [], 0
+    for target in KEYS + [("bogus_section", None), ("hmc", "bogus_key")]:
+        for value in BOUNDARY:
+            raw = _with(target, value)
+            refuse = must_refuse(*target, value)
+            try:
+                cfg = config_from_dict(raw)
+            except ConfigError:
+                if not refuse:
+                    wrong.append(("refused", target, value))
+                continue
+            if refuse:
+                wrong.append(("accepted", target, value))
+                continue
+            n_accepted += 1
+            assert_round_trip(raw, cfg)
+    assert not wrong, wrong
+    assert n_accepted > 100, n_accepted  # the accepted branch is exercised
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
