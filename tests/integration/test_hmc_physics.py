@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-
 import torch
 
 from lattice_flows.config import config_from_dict, config_from_yaml_text
