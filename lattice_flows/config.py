@@ -366,6 +366,7 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     init_from: str | None = None
+    init_from_missing: str = "error"
     eval_samples: int = 10240
     eval_batch_size: int = 512
     time_budget: float | None = None
@@ -397,6 +398,7 @@ _TRAIN = {
     "log_every": _Field("int", 50, "a positive integer (steps between metric records)", _pos),
     "checkpoint_every": _Field("int", 500, "a positive integer (steps between checkpoints)", _pos),
     "init_from": _Field("optional_path", None, "null or a path to a flow checkpoint (flow.pt or train.ckpt)"),
+    "init_from_missing": _Field("choice", "error", choices=("error", "fresh")),  # init_from absent: stop, or fresh flow (logged)
     "eval_samples": _Field("int", 10240, "a positive integer (fresh samples for the final ESS/acceptance)", _pos),
     "eval_batch_size": _Field("int", 512, "a positive integer", _pos),
     "time_budget": _opt_float(_pos, "null or a positive number of CPU-seconds for training"),

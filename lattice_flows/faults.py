@@ -8,7 +8,9 @@ points sit inside the writes a kill could damage:
 * ``master``     a sample file's new index written to its temporary name, not yet renamed;
 * ``merge``      parts being merged into a larger part, half copied;
 * ``checkpoint`` half of a checkpoint's bytes written;
-* ``trainlog``   the training log's changed copy written, not yet renamed.
+* ``trainlog``   the training log's changed copy written, not yet renamed;
+* ``text.<name>`` the small text file <name> (``config.yaml``, ``train_summary.json``,
+                 ``analysis.json``, ...) written to its temporary name, not yet renamed.
 
 When the variable is unset (always, outside tests) a point costs one comparison.
 """

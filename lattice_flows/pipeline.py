@@ -5,6 +5,8 @@ the pipeline after a crash continues where it stopped. The analysis writes
 ``analysis.json`` and ``analysis.md`` into the run folder; with an ``hmc`` section in the config
 the HMC baseline runs in the same folder and ``comparison.md`` holds the flow-vs-HMC table
 (values, z-scores, tau_int and cost ratios; training cost amortised over the samples produced).
+Every output file is written atomically (:func:`lattice_flows.io.runfolder.write_text_atomic`):
+a kill leaves the previous version or the new one, never a truncated file.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from lattice_flows.analysis import analyze_samples, compare, format_comparison, format_table
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.runfolder import write_text_atomic
 from lattice_flows.mcmc.chain import log
 
 
@@ -65,13 +68,13 @@ def run_pipeline(cfg: Config, progress: bool = True, world=None) -> str:
         cmp_amortised = compare(files, names, extra_cpu={0: res.train_cpu_s}, rows=tables)
         text = ("## flow vs HMC (sampling cost only)\n\n" + format_comparison(cmp)
                 + "\n\n## flow vs HMC (flow training cost included)\n\n" + format_comparison(cmp_amortised))
-        (run_dir / "comparison.md").write_text(text + "\n")
+        write_text_atomic(run_dir / "comparison.md", text + "\n")
         out["comparison"] = cmp
         report += "\n\n" + text
     stages["analyze"] = time.perf_counter() - t
     out["wall_s"] = {**stages, "total": time.perf_counter() - t0}
-    (run_dir / "analysis.json").write_text(json.dumps(out, indent=1, default=str))
-    (run_dir / "analysis.md").write_text(report + "\n")
+    write_text_atomic(run_dir / "analysis.json", json.dumps(out, indent=1, default=str))
+    write_text_atomic(run_dir / "analysis.md", report + "\n")
     log.info("pipeline done in %.1f s: %s", time.perf_counter() - t0,
              ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
     return report

@@ -1,7 +1,12 @@
 """Self-describing run folders: the resolved config with a provenance header.
 
 Every run folder holds ``config.yaml`` = the resolved config (both coupling parametrizations)
-preceded by comment lines with the package version, git commit, seed, host, MPI size and time.
+preceded by comment lines with the package version, git commit, seed, host, MPI size and time:
+the provenance record of the latest command that wrote the folder. Next to it each stage keeps
+its own resolved record, ``config.<stage>.yaml`` (``config.train.yaml``, ``config.hmc.yaml``,
+``config.sample.mcmc.yaml``, ``config.sample.importance.yaml``): the resume check of a stage
+compares against that record, so that e.g. ``sample --set sample.mode=importance`` in between
+does not block extending the Metropolis chain of ``samples.h5`` afterwards.
 The same provenance goes into every HDF5 file's attributes.
 """
 
@@ -17,6 +22,7 @@ import yaml
 
 import lattice_flows
 from lattice_flows.config import Config, ConfigError, config_from_yaml_text
+from lattice_flows.faults import fault_point
 from lattice_flows.io.atomic import commit_file, storage_errors
 
 
@@ -60,22 +66,52 @@ def config_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def write_config(run_dir: Path, cfg: Config, prov: dict[str, Any]) -> Path:
-    """Write ``run_dir/config.yaml`` with a provenance header (atomically)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    header = "".join(f"# {k}: {v}\n" for k, v in prov.items())
-    text = "# lattice_flows resolved config\n" + header + config_yaml(cfg)
-    path = run_dir / "config.yaml"
-    tmp = path.with_name("config.yaml.tmp")
+STAGES = ("hmc", "train", "sample")
+
+
+def stage_record_name(stage: str, cfg: Config) -> str:
+    """File name of the per-stage resolved record: ``config.<stage>.yaml``, and for flow
+    production ``config.sample.<mode>.yaml`` (the two modes write different files)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    if stage == "sample" and cfg.sample is not None:
+        return f"config.sample.{cfg.sample.mode}.yaml"
+    return f"config.{stage}.yaml"
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through :mod:`lattice_flows.io.atomic`: a temporary file,
+    fsync, rename; a reader or a rerun after a kill sees the old or the new text, never a
+    truncated one. Storage errors name the path and the reason."""
+    tmp = path.with_name(path.name + ".tmp")
     with storage_errors(path, cleanup=tmp):
         tmp.write_text(text)
+        fault_point(f"text.{path.name}")  # tests: a kill here leaves the old file and a .tmp
         commit_file(tmp, path)
     return path
 
 
-def read_run_config(run_dir: Path) -> Config | None:
-    """The resolved config stored in a run folder, or None if there is none."""
+def write_config(run_dir: Path, cfg: Config, prov: dict[str, Any], stage: str | None = None) -> Path:
+    """Write ``run_dir/config.yaml`` with a provenance header (atomically) and, for ``stage``,
+    the same text as that stage's record :func:`stage_record_name`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    header = "".join(f"# {k}: {v}\n" for k, v in prov.items())
+    text = "# lattice_flows resolved config\n" + header + config_yaml(cfg)
+    if stage is not None:
+        write_text_atomic(run_dir / stage_record_name(stage, cfg), text)
+    return write_text_atomic(run_dir / "config.yaml", text)
+
+
+def read_run_config(run_dir: Path, stage: str | None = None, cfg: Config | None = None) -> Config | None:
+    """The resolved config stored in a run folder, or None if there is none.
+
+    With ``stage`` (and the running ``cfg``, which selects the sample mode) the record of that
+    stage; a folder written before per-stage records existed falls back to ``config.yaml``."""
     path = run_dir / "config.yaml"
+    if stage is not None and cfg is not None:
+        record = run_dir / stage_record_name(stage, cfg)
+        if record.exists():
+            path = record
     if not path.exists():
         return None
     try:

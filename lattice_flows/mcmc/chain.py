@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lattice_flows.config import Config, ConfigError
-from lattice_flows.io.runfolder import diff_configs, read_run_config
+from lattice_flows.io.runfolder import STAGES, diff_configs, read_run_config
 
 log = logging.getLogger("lattice_flows")
 
@@ -30,7 +30,7 @@ log = logging.getLogger("lattice_flows")
 RESUMABLE_CHANGES = {
     "hmc.n_traj", "sample.n_samples", "output.dir", "output.chunk_rows",
     "train.steps", "train.time_budget", "train.eval_samples", "train.eval_batch_size",
-    "train.log_every", "train.checkpoint_every",
+    "train.log_every", "train.checkpoint_every", "train.init_from_missing",
 }
 
 
@@ -53,8 +53,11 @@ PHYSICS_KEYS = ("lattice", "action", "seed", "dtype")
 def check_resumable(run_dir: Path, cfg: Config, stage_sections: tuple[str, ...] = ()) -> None:
     """Refuse to resume a run folder whose stored config differs in a key that matters:
     the physics (lattice, couplings, seed, dtype) or the sections of the running stage
-    (e.g. ``("hmc",)``), except the keys in :data:`RESUMABLE_CHANGES`."""
-    old = read_run_config(run_dir)
+    (e.g. ``("hmc",)``), except the keys in :data:`RESUMABLE_CHANGES`. The stored config is
+    the running stage's own record (``config.<stage>[.<mode>].yaml``, the last section named in
+    ``stage_sections``), so other stages and modes run in the same folder in between do not count."""
+    stage = stage_sections[-1] if stage_sections and stage_sections[-1] in STAGES else None
+    old = read_run_config(run_dir, stage, cfg)
     if old is None:
         return
     watched = PHYSICS_KEYS + tuple(stage_sections)

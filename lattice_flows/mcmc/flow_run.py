@@ -147,7 +147,7 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         check_resumable(run_dir, cfg, ("sample",))
     prov = provenance(cfg, world_size, rank)
     if rank == 0:
-        write_config(run_dir, cfg, prov)
+        write_config(run_dir, cfg, prov, "sample")
     n_chains = sc.n_chains
     save_every = sc.save_every if mode == "mcmc" else 1
     total_steps = sc.n_samples

@@ -80,7 +80,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         check_resumable(run_dir, cfg, ("hmc",))
     prov = provenance(cfg, world_size, rank)
     if rank == 0:
-        write_config(run_dir, cfg, prov)
+        write_config(run_dir, cfg, prov, "hmc")
     n_rows_total = h.n_traj // h.save_every
     gen = make_generator(device, derive_seed(cfg.seed, rank, 0))
     hmc = HMC(action, _initial_step_size(cfg), h.n_steps, h.integrator, h.jitter, gen)

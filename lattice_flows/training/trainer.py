@@ -36,7 +36,7 @@ from lattice_flows.io.checkpoint import (
     save_checkpoint,
 )
 from lattice_flows.io.lock import RunLock
-from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.io.runfolder import config_yaml, provenance, write_config, write_text_atomic
 from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.io.train_log import TrainLog
 from lattice_flows.mcmc.chain import check_resumable, derive_seed, log, make_generator
@@ -103,6 +103,28 @@ def flow_state(flow: Flow, cfg: Config) -> dict[str, Any]:
         "m2": cfg.action.m2,
         "lam": cfg.action.lam,
     }
+
+
+def _init_source_present(tc, is_root: bool) -> bool:
+    """Whether ``train.init_from`` exists. A missing file is an error naming the run that
+    writes it, unless ``train.init_from_missing: fresh`` (the ladder rungs): then training
+    starts from the fresh flow of the config and says so in the log."""
+    path = Path(tc.init_from)
+    if path.is_file():
+        return True
+    if tc.init_from_missing == "fresh":
+        if is_root:
+            log.warning(
+                "train.init_from: %s does not exist (its run has not been trained yet); training "
+                "starts from the fresh flow instead (train.init_from_missing: fresh)", path,
+            )
+        return False
+    raise ConfigError(
+        f"config key 'train.init_from': the flow file '{path}' does not exist. Train the run "
+        f"that writes it first (the config whose output.dir is '{path.parent}', e.g. "
+        f"'lattice-flows train <that config>'), or set train.init_from to null, or "
+        "train.init_from_missing to 'fresh' to start from a fresh flow when it is missing."
+    )
 
 
 def load_flow_weights(flow: Flow, path: str | Path) -> dict[str, Any]:
@@ -226,7 +248,7 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
         check_resumable(run_dir, cfg, ("flow", "train"))
     prov = provenance(cfg, size, rank)
     if is_root:
-        write_config(run_dir, cfg, prov)
+        write_config(run_dir, cfg, prov, "train")
 
     torch.manual_seed(derive_seed(cfg.seed, 0, 99))  # parameter init: identical on every rank
     flow = build_flow(cfg.flow, cfg.lattice.shape, cfg.action.m2).to(device=device, dtype=dtype)
@@ -282,7 +304,7 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
                 )
         if is_root:
             log.info("resuming training in %s at step %d of %d", run_dir, step, tc.steps)
-    elif tc.init_from:
+    elif tc.init_from and _init_source_present(tc, is_root):
         load_flow_weights(flow, tc.init_from)
         if is_root:
             log.info("initialised the flow from %s", tc.init_from)
@@ -455,7 +477,7 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
         result.ess, result.acceptance = ev["ess"], ev["acceptance"]
         summary = {**result.as_dict(), **{f"eval_{k}": v for k, v in ev.items()},
                    "params": flow.n_params()}
-        (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
+        write_text_atomic(run_dir / SUMMARY_NAME, json.dumps(summary, indent=1))  # read back on rerun
         if tlog is not None:
             tlog.set_attrs({"final_ess": ev["ess"], "final_acceptance": ev["acceptance"],
                             "eval_samples": ev["n_samples"], "steps_done": step})
