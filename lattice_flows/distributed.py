@@ -167,6 +167,10 @@ class World:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if self.comm is not None:
+                    # no rank tears its gloo/NCCL group down while another still uses it (e.g.
+                    # a rerun of a complete training returns before any collective): abort 6
+                    self.comm.Barrier()
                 dist.destroy_process_group()
             self._torch_dist = False
 
