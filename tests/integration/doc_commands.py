@@ -16,6 +16,7 @@ promises). ``[--set k=v ...]`` (an optional part with an example) keeps its exam
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,12 +152,21 @@ SHRINK = {
 }
 
 
-def shrink_overrides(config: Path) -> list[str]:
-    """``--set`` arguments shrinking the sections ``config`` has (never adding a section)."""
+def shrink_overrides(config: Path, doc_sets: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """``--set`` arguments shrinking the sections ``config`` has (never adding a section).
+
+    A count the documented line sets itself (``doc_sets``, e.g. ``sample.n_samples=8000`` to
+    extend a chain) is shrunk by the same factor as the config's own value, rounded up, so the
+    line still means "more than the config": shrunk value x (documented / config value)."""
     raw = yaml.safe_load(config.read_text())
+    doc = dict(s.split("=", 1) for s in doc_sets if "=" in s)
     args = ["--set", "device=cpu"]
     for section, keys in SHRINK.items():
         if section in raw:
             for k, v in keys.items():
-                args += ["--set", f"{section}.{k}={v}"]
+                key = f"{section}.{k}"
+                base = (raw.get(section) or {}).get(k)
+                if key in doc and isinstance(v, int) and isinstance(base, (int, float)) and base > 0:
+                    v = math.ceil(v * float(doc[key]) / base)
+                args += ["--set", f"{key}={v}"]
     return args
