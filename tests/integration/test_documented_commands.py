@@ -168,7 +168,7 @@ def _run_line(line: DocLine, cwd: Path, env: dict) -> None:
     extra = shrink_overrides(config, doc_sets) if config is not None and config.is_file() else []
     where = f"{line.source}: `{line.command}`"
     t0 = time.perf_counter()
-    if words[0] == "lattice-flows":
+    if words[0] == "lattice-flows" and not re.search(r"[|;&$<>`]", line.command):  # plain CLI call
         out, err = io.StringIO(), io.StringIO()
         old = Path.cwd()
         os.chdir(cwd)
