@@ -86,6 +86,7 @@ def test_hmc_in_a_flow_folder_keeps_its_own_record(ws, capsys):
     assert main(["run", cfg, "--no-progress", *shrink_overrides(ws / cfg)]) == 0
     run = ws / "runs" / "quickstart"
     assert {"analysis.md", "analysis.json", "comparison.md", "config.hmc.yaml"} <= {p.name for p in run.iterdir()}
+    _check_flow_over_hmc_ratios(run)
     assert lf(ws, "sample", cfg, "--set", "sample.mode=importance") == 0
     n = SampleFile(run / "hmc.h5").n_saved
     m = SampleFile(run / "samples.h5").n_saved
@@ -166,3 +167,28 @@ def test_pipeline_analysis_files_survive_a_kill_while_they_are_rewritten(ws):
     after = json.loads((run / "analysis.json").read_text())
     assert after != json.loads(before["analysis.json"])
     assert not list(run.glob("*.tmp"))
+
+
+def _check_flow_over_hmc_ratios(run: Path) -> None:
+    """``run``'s comparison has HMC as the reference: every ratio is flow / HMC, said so in the
+    headers, and the cost ratio equals a hand computation, (CPU-s x 2 tau_int / N) of the flow
+    over that of HMC, from the numbers of analysis.json."""
+    cmp = json.loads((run / "analysis.json").read_text())["comparison"]
+    assert cmp["reference"] == "HMC"
+    text = (run / "comparison.md").read_text()
+    assert "cost per eff. sample flow mcmc / HMC (< 1: flow mcmc cheaper)" in text
+    assert "τ_int flow mcmc / HMC" in text and "z = (flow mcmc − HMC)" in text
+    hmc_run, flow_run = cmp["runs"]
+    assert (hmc_run["name"], flow_run["name"]) == ("HMC", "flow mcmc")
+    checked = 0
+    for line in cmp["table"]:
+        h, f = line["runs"]
+        assert f["ratio_of"] == "flow mcmc / HMC"
+        cost_f = flow_run["cpu_s"] * 2 * f["tau_int"] / flow_run["n"]
+        cost_h = hmc_run["cpu_s"] * 2 * h["tau_int"] / hmc_run["n"]
+        assert f["cost_ratio"] == pytest.approx(cost_f / cost_h, rel=1e-12)
+        assert f["tau_int_ratio"] == pytest.approx(f["tau_int"] / h["tau_int"], rel=1e-12)
+        z = (f["value"] - h["value"]) / np.hypot(f["error"], h["error"])
+        assert f["z_vs_first"] == pytest.approx(z, rel=1e-12)
+        checked += 1
+    assert checked >= 5
