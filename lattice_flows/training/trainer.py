@@ -486,4 +486,12 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
             "samples (%.0f proposals/s)", step, cpu_used, ev["ess"], ev["acceptance"],
             ev["n_samples"], ev["proposals_per_s"],
         )
+        if ev["weights_flags"]:
+            log.warning(
+                "the trained flow's weights fail the tail diagnostics (%s; Pareto k-hat %.2f, "
+                "max w / sum w %.3g, docs/conventions.md \"Flow quality at scale\"): flow MCMC "
+                "and reweighted averages from it and their errors are not to be trusted; train "
+                "longer or better", ",".join(ev["weights_flags"]), ev["khat"],
+                ev["max_weight_fraction"],
+            )
     return result

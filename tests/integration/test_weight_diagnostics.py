@@ -66,6 +66,8 @@ def test_under_trained_flow_is_flagged_everywhere(under_trained):
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["eval_khat"] > 0.7 and "khat>0.7" in summary["eval_weights_flags"]
     assert summary["eval_max_weight_fraction"] > 0.5  # one draw carries the estimate
+    log_text = (run / "run.log").read_text()
+    assert "WARNING the trained flow's weights fail the tail diagnostics (" in log_text
     for name in ("samples.h5", "importance.h5"):
         attrs = SampleFile(run / name).attrs
         assert attrs["weights_khat"] > 0.7, name
@@ -100,6 +102,7 @@ def test_well_trained_flow_is_not_flagged(well_trained, capsys):
     run = well_trained
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["eval_weights_flags"] == [] and summary["eval_khat"] < 0.5
+    assert "tail diagnostics" not in (run / "run.log").read_text()
     for name in ("samples.h5", "importance.h5"):
         attrs = SampleFile(run / name).attrs
         assert attrs["weights_flags"] == "", (name, attrs["weights_flags"])
