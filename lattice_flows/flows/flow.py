@@ -38,6 +38,7 @@ from lattice_flows.config import FlowConfig
 from lattice_flows.flows.bijections import make_bijection
 from lattice_flows.flows.coupling import CouplingLayer
 from lattice_flows.flows.fourier import FourierGaussianLayer
+from lattice_flows.flows.global_kernel import GlobalKernelConditioner
 from lattice_flows.flows.masks import check_even_extents, checkerboard
 from lattice_flows.flows.nets import ConvConditioner, OddConvConditioner
 from lattice_flows.flows.prior import StandardNormalPrior
@@ -140,7 +141,9 @@ def build_flow(
     with :func:`fourier_m2_init` of ``m2``), then ``flow_cfg.n_layers`` coupling layers, layer k
     updating the checkerboard sites of parity k % 2 with ``flow_cfg.bijection`` and a
     :class:`ConvConditioner` (``flow_cfg.conditioner = 'symmetrized'``) or an
-    :class:`OddConvConditioner` (``'odd'``).
+    :class:`OddConvConditioner` (``'odd'``) or a
+    :class:`~lattice_flows.flows.global_kernel.GlobalKernelConditioner` (``'global'``: lattice-sized
+    FFT kernels, ``flow_cfg.global_channels`` fields, ``hidden_channels`` its 1x1 MLP).
     """
     shape = check_even_extents(lattice_shape)
     ndim = len(shape)
@@ -166,6 +169,11 @@ def build_flow(
             OddConvConditioner(ndim, **common)
             if odd
             else ConvConditioner(ndim, equivariant=flow_cfg.equivariant, **common)
+        ) if getattr(flow_cfg, "conditioner", "symmetrized") != "global" else (
+            GlobalKernelConditioner(  # kernel_size unused: the kernels span the lattice
+                ndim, channels=getattr(flow_cfg, "global_channels", 8),
+                **{k: v for k, v in common.items() if k != "kernel_size"},
+            )
         )
         layers.append(CouplingLayer(checkerboard((2,) * ndim, k % 2), conditioner, bijection))
     return Flow(StandardNormalPrior(shape), layers)
