@@ -12,6 +12,13 @@ For each rung of ``configs/ladder/`` (m2 = -4, lam tuned so that xi ~ L/4):
   cost amortised over 10^6 samples;
 * the ratio flow/HMC of the cost per effective sample of M^2.
 
+Every row also carries the per-site error eps = -ln(ESS/N) / V (docs/conventions.md, "Flow
+quality at scale"), the training budget used (CPU-s, or GPU-s where a GPU was used, and the
+steps taken), the CPU capability torch dispatches to and the reference step time of
+``benchmarks/train_step.py`` at L = 8 measured at the start of the same run, so that a reader
+can rescale budgets to another machine. Where a rung has rows of >= 2 seeds (``--seeds``, or
+rows added with ``--append``), a second table gives the spread of eps over the seeds.
+
 Output: a markdown table and a plot of acceptance and ESS versus L in benchmarks/results/
 (``ladder.md``, ``ladder.png``, ``ladder.json``), and the JSON line at the end.
 
@@ -20,6 +27,8 @@ Output: a markdown table and a plot of acceptance and ESS versus L in benchmarks
     python benchmarks/ladder.py --quick               # smoke test: tiny budgets
     python benchmarks/ladder.py --rungs 20,32 --append  # add rungs to the committed table
     python benchmarks/ladder.py --rungs 20,32 --append --reuse-hmc --init-from runs/L16/flow.pt
+    python benchmarks/ladder.py --rungs 16 --seeds 16,1616 --no-transfer --append  # eps spread
+    python benchmarks/ladder.py --render-only         # ladder.md again from ladder.json
 """
 
 from __future__ import annotations
@@ -48,13 +57,73 @@ from lattice_flows.mcmc.flow_run import load_flow  # noqa: E402
 from lattice_flows.mcmc.hmc_run import run_hmc  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
 from lattice_flows.training.trainer import evaluate_flow, train_flow  # noqa: E402
+from train_step import REFERENCE, reference_step_ms  # noqa: E402  (benchmarks/train_step.py)
 
 AMORTISE_SAMPLES = 1_000_000
 
 
 def hardware() -> dict:
     return {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def per_site_error(ess: float, volume: int) -> float:
+    """eps = -ln(ESS/N) / V (docs/conventions.md, "Flow quality at scale"); inf for ESS = 0."""
+    return -math.log(ess) / volume if ess > 0 else math.inf
+
+
+def row_volume(row: dict) -> int:
+    """V of a ladder row: its stored ``volume``, else L^2 (the ladder is two-dimensional)."""
+    return int(row.get("volume") or row["L"] ** 2)
+
+
+def row_epsilon(row: dict) -> float:
+    """eps of a row, computed from its stored ESS/N and V (rows written before eps existed too)."""
+    return per_site_error(row["ess"], row_volume(row))
+
+
+def config_seed(L: int) -> int | None:
+    """The seed of configs/ladder/L<L>.yaml (what a row without a stored seed ran with)."""
+    path = REPO / "configs" / "ladder" / f"L{L}.yaml"
+    return int(load_raw(path).get("seed", 0)) if path.exists() else None
+
+
+def row_seed(row: dict) -> int | None:
+    return row["seed"] if row.get("seed") is not None else config_seed(row["L"])
+
+
+def _na(value, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def start_of(row: dict) -> str:
+    """How a rung started: from scratch, from the previous rung's flow, or from a given flow."""
+    if row.get("init_desc"):
+        return "initialised from " + row["init_desc"]
+    if row.get("transfer_from"):
+        return "initialised from the L = " + Path(row["transfer_from"]).parent.name[1:] + " flow"
+    return "trained from scratch"
+
+
+def seed_groups(rows: list[dict]) -> list[list[dict]]:
+    """Rows that differ only in their seed: same L, lam, start and overrides (seed= dropped),
+    in order of first appearance; only groups of >= 2 distinct seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        over = tuple(o for o in (r.get("overrides") or []) if not o.startswith("seed="))
+        groups.setdefault((r["L"], r["lam"], start_of(r), over), []).append(r)
+    return [g for g in groups.values() if len({row_seed(r) for r in g}) >= 2]
+
+
+def epsilon_spread(group: list[dict]) -> dict:
+    """Mean, sample standard deviation (n - 1) and range of eps over the rows of one group."""
+    eps = [row_epsilon(r) for r in group]
+    n = len(eps)
+    mean = sum(eps) / n
+    sd = math.sqrt(sum((e - mean) ** 2 for e in eps) / (n - 1))
+    return {"n": n, "mean": mean, "sd": sd, "min": min(eps), "max": max(eps),
+            "seeds": [row_seed(r) for r in group]}
 
 
 def xi_from_rows(rows) -> tuple[float, float]:
@@ -142,8 +211,9 @@ def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: 
     flow_cost_amortised = (cpu_per_proposal + train_cpu_s / AMORTISE_SAMPLES) * 2 * ev["tau_int_M2"]
     hmc_cost = hmc["hmc_cpu_s_per_traj"] * 2 * hmc["hmc_tau_int_M2"]
     return {
-        "L": L, "lam": cfg.action.lam, "budget_s": round(train_cpu_s, 1), "budget_kind": budget_kind,
-        "train_steps": steps, "trained_in": str(trained) if trained else None, "ess": ev["ess"], "acceptance": ev["acceptance"],
+        "L": L, "lam": cfg.action.lam, "seed": cfg.seed, "volume": math.prod(cfg.lattice.shape),
+        "budget_s": round(train_cpu_s, 1), "budget_kind": budget_kind,
+        "train_steps": steps, "epsilon": per_site_error(ev["ess"], math.prod(cfg.lattice.shape)), "trained_in": str(trained) if trained else None, "ess": ev["ess"], "acceptance": ev["acceptance"],
         "tau_int_absM": ev["tau_int_absM"], "tau_int_M2": ev["tau_int_M2"],
         "proposals_per_s": ev["proposals_per_s"], "eval_samples": ev["n_samples"],
         **hmc, "hmc_reused": bool(reuse_hmc), "xi_target": L / 4,
@@ -156,36 +226,64 @@ def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: 
 
 
 def markdown(rows: list[dict], hw: dict) -> str:
-    head = ("| L | λ | ξ (HMC) / target | budget | steps | ESS/N | acceptance | τ_int(|M|) flow | "
-            "τ_int(M²) flow | proposals/s | τ_int(|M|) HMC | τ_int(M²) HMC | CPU-s/eff. M² HMC | "
-            "CPU-s/eff. M² flow | flow/HMC | flow/HMC incl. training/10⁶ |")
-    lines = [head, "|" + "---|" * 16]
+    """The table of ``rows`` (eps computed from ESS/N and V for every row; 'n/a' for fields a
+    row lacks), the eps spread over seeds where a rung has >= 2, the start of each rung and the
+    hardware line."""
+    head = ("| L | λ | seed | ξ (HMC) / target | budget used | steps | ESS/N | ε = −ln(ESS/N)/V | "
+            "acceptance | τ_int(\\|M\\|) flow | τ_int(M²) flow | proposals/s | τ_int(\\|M\\|) HMC | "
+            "τ_int(M²) HMC | CPU-s/eff. M² HMC | CPU-s/eff. M² flow | flow/HMC | "
+            "flow/HMC incl. training/10⁶ | CPU capability | ref. step L = 8 (CPU-ms) |")
+    lines = [head, "|" + "---|" * 20]
     for r in rows:
         lines.append(
-            f"| {r['L']} | {r['lam']} | {r['xi']:.2f} ± {r['xi_error']:.2f} / {r['xi_target']:.0f} | "
+            f"| {r['L']} | {r['lam']} | {_na(r.get('seed'), 'd')} | "
+            f"{r['xi']:.2f} ± {r['xi_error']:.2f} / {r['xi_target']:.0f} | "
             f"{r['budget_s']:.0f} {r['budget_kind']} | {r['train_steps']} | {r['ess']:.3f} | "
+            f"{row_epsilon(r):.2e} | "
             f"{r['acceptance']:.3f} | {r['tau_int_absM']:.2f} | {r['tau_int_M2']:.2f} | "
             f"{r['proposals_per_s']:.0f} | {r['hmc_tau_int_absM']:.2f} | {r['hmc_tau_int_M2']:.2f} | "
             f"{r['hmc_cpu_s_per_eff_M2']:.2e} | {r['flow_cpu_s_per_eff_M2']:.2e} | "
-            f"{r['cost_ratio_flow_over_hmc']:.3g} | {r['cost_ratio_flow_over_hmc_amortised']:.3g} |"
+            f"{r['cost_ratio_flow_over_hmc']:.3g} | {r['cost_ratio_flow_over_hmc_amortised']:.3g} | "
+            f"{r.get('cpu_capability') or 'n/a'} | {_na(r.get('ref_step_ms'), '.1f')} |"
         )
+    groups = seed_groups(rows)
+    if groups:
+        lines += ["", "Per-site error over seeds (rows that differ only in the seed):", "",
+                  "| L | start | seeds | ε mean | ε sd (n − 1) | ε min – max |", "|---|---|---|---|---|---|"]
+        for g in groups:
+            sp = epsilon_spread(g)
+            seeds = ", ".join(_na(x, "d") for x in sp["seeds"])
+            lines.append(f"| {g[0]['L']} | {start_of(g[0])} | {seeds} | {sp['mean']:.2e} | "
+                         f"{sp['sd']:.1e} | {sp['min']:.2e} – {sp['max']:.2e} |")
     lines.append("")
     for r in rows:  # how each rung started (runs of several invocations can be merged: --append)
         extra = ", ".join(r.get("overrides") or []) or "none"
-        if r.get("init_desc"):
-            start = "initialised from " + r["init_desc"]
-        elif r.get("transfer_from"):
-            start = "initialised from the L = " + Path(r["transfer_from"]).parent.name[1:] + " flow"
-        else:
-            start = "trained from scratch"
         hmc = "; HMC figures reused from the earlier run of this rung" if r.get("hmc_reused") else ""
         note = f" {r['note']}" if r.get("note") else ""
-        lines.append(f"* L = {r['L']}: {start}; config overrides: {extra}{hmc}.{note}")
+        lines.append(f"* L = {r['L']}{'' if r.get('seed') is None else ', seed ' + str(r['seed'])}: "
+                     f"{start_of(r)}; config overrides: {extra}{hmc}.{note}")
     lines.append("")
     lines.append(f"Hardware: {hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), "
                  f"CUDA: {hw['cuda']}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
-                 "flow cost: CPU-s per proposal x 2 τ_int of the independence chain.")
+                 "flow cost: CPU-s per proposal x 2 τ_int of the independence chain. "
+                 "Budget used: training CPU-seconds (`time.process_time`, one thread) or GPU-s where "
+                 "marked; ε = −ln(ESS/N)/V (docs/conventions.md, \"Flow quality at scale\"). "
+                 f"Ref. step: CPU-ms per {REFERENCE['objective']} training step of the L = "
+                 f"{REFERENCE['L']} ladder flow at batch {REFERENCE['batch']} "
+                 "(`benchmarks/train_step.py`, `reference_step_ms`), measured at the start of the "
+                 "run that made the row; n/a for rows made before it was recorded (a seed of n/a: the "
+                 "rung config's seed, not stored with the row).")
     return "\n".join(lines)
+
+
+def render(results: Path) -> str:
+    """ladder.md (all rows and the earlier runs) from ``results/ladder.json``."""
+    data = json.loads((results / "ladder.json").read_text())
+    hw = data.get("hardware", {})
+    md = markdown(data["rows"], hw)
+    for run in data.get("earlier_runs", {}).values():
+        md += "\n\n" + run["title"] + "\n\n" + markdown(run["rows"], run.get("hardware", hw))
+    return "# E-ladder: flow MCMC vs HMC\n\n" + md + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -194,10 +292,14 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    Ls = [r["L"] for r in rows]
+    Ls = sorted({r["L"] for r in rows})  # the mean over the rows (seeds) of each L
+
+    def mean(key: str) -> list[float]:
+        return [sum(r[key] for r in rows if r["L"] == L) / sum(r["L"] == L for r in rows) for L in Ls]
+
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(Ls, [r["acceptance"] for r in rows], "o-", label="Metropolis acceptance")
-    ax.plot(Ls, [r["ess"] for r in rows], "s-", label="ESS/N")
+    ax.plot(Ls, mean("acceptance"), "o-", label="Metropolis acceptance")
+    ax.plot(Ls, mean("ess"), "s-", label="ESS/N")
     ax.set_xscale("log", base=2)
     ax.set_xticks(Ls, [str(L) for L in Ls])
     ax.set_ylim(0, 1)
@@ -235,8 +337,21 @@ def main() -> int:
     p.add_argument("--note", default=None, help="a remark stored with these rows and printed with them")
     p.add_argument("--append", action="store_true",
                    help="merge these rungs into the existing results/ladder.json (rows of other L "
-                        "and its 'earlier_runs', each {title, rows}, kept)")
+                        "and its 'earlier_runs', each {title, rows}, kept; a row of the same L and "
+                        "seed is replaced)")
+    p.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="run the rungs once per seed (seed=S added to --set; with transfer, one "
+                        "chain per seed): the table then shows the spread of eps over the seeds")
+    p.add_argument("--render-only", action="store_true",
+                   help="rewrite ladder.md and ladder.png from results/ladder.json; run nothing")
     args = p.parse_args()
+    res = Path(args.results)
+    if args.render_only:
+        md = render(res)
+        (res / "ladder.md").write_text(md)
+        plot(json.loads((res / "ladder.json").read_text())["rows"], res / "ladder.png")
+        print(md)
+        return 0
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import logging
@@ -246,39 +361,50 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     hw = hardware()
     print(f"# E-ladder benchmark; hardware: {hw}", flush=True)
-    res = Path(args.results)
+    ref_ms = reference_step_ms()  # the machine-speed reference, measured alongside (train_step.py)
+    print(f"# reference step (train_step.py, L = {REFERENCE['L']}, {REFERENCE['objective']}, "
+          f"batch {REFERENCE['batch']}): {ref_ms:.1f} CPU-ms", flush=True)
     committed = json.loads((res / "ladder.json").read_text()) if (res / "ladder.json").exists() else {}
     old_rows = committed.get("rows", [])
-    rows, prev = [], Path(args.init_from) if args.init_from else None
-    for i, L in enumerate([int(x) for x in args.rungs.split(",")]):
-        raw = apply_overrides(load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml"), args.overrides)
-        scale = args.budget_scale * (0.05 if args.quick else 1.0)
-        reuse = None
-        if args.reuse_hmc:
-            same = [r for r in old_rows if r["L"] == L and r["lam"] == raw["action"]["lam"]]
-            if same:
-                reuse = {k: same[0][k] for k in HMC_KEYS}
-        t0 = time.time()
-        start = prev if (i == 0 or not args.no_transfer) else None  # i == 0: --init-from or None
-        row = run_rung(L, raw, work, scale, start, args.quick,
-                       1024 if args.quick else args.eval_samples, reuse,
-                       Path(args.flows_from) / f"L{L}" if args.flows_from else None)
-        if i == 0 and args.init_from:
-            row["init_desc"] = args.init_desc or f"the flow {args.init_from}"
-        row["wall_s"] = time.time() - t0
-        row["overrides"] = list(args.overrides)
-        if args.note:
-            row["note"] = args.note
-        rows.append(row)
-        prev = work / f"L{L}" / "flow.pt"
-        print(f"L={L}: acceptance {row['acceptance']:.3f}, ESS/N {row['ess']:.3f}, xi {row['xi']:.2f} "
-              f"(target {L / 4:.0f}), HMC tau_int(M2) {row['hmc_tau_int_M2']:.2f}, "
-              f"cost ratio flow/HMC {row['cost_ratio_flow_over_hmc']:.3g} [{row['wall_s']:.0f} s]",
-              flush=True)
+    rows = []
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [None]
+    for seed in seeds:
+        overrides = list(args.overrides) + ([f"seed={seed}"] if seed is not None else [])
+        chain_work = work / f"seed{seed}" if len(seeds) > 1 else work
+        prev = Path(args.init_from) if args.init_from else None
+        for i, L in enumerate([int(x) for x in args.rungs.split(",")]):
+            raw = apply_overrides(load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml"), overrides)
+            scale = args.budget_scale * (0.05 if args.quick else 1.0)
+            reuse = None
+            if args.reuse_hmc:
+                same = [r for r in old_rows if r["L"] == L and r["lam"] == raw["action"]["lam"]]
+                if same:
+                    reuse = {k: same[0][k] for k in HMC_KEYS}
+            t0 = time.time()
+            start = prev if (i == 0 or not args.no_transfer) else None  # i == 0: --init-from or None
+            row = run_rung(L, raw, chain_work, scale, start, args.quick,
+                           1024 if args.quick else args.eval_samples, reuse,
+                           Path(args.flows_from) / f"L{L}" if args.flows_from else None)
+            if i == 0 and args.init_from:
+                row["init_desc"] = args.init_desc or f"the flow {args.init_from}"
+            row["wall_s"] = time.time() - t0
+            row["overrides"] = overrides
+            row["cpu_capability"] = hw["cpu_capability"]
+            row["ref_step_ms"] = ref_ms
+            if args.note:
+                row["note"] = args.note
+            rows.append(row)
+            prev = chain_work / f"L{L}" / "flow.pt"
+            print(f"L={L}: acceptance {row['acceptance']:.3f}, ESS/N {row['ess']:.3f}, "
+                  f"eps {row['epsilon']:.2e}, xi {row['xi']:.2f} "
+                  f"(target {L / 4:.0f}), HMC tau_int(M2) {row['hmc_tau_int_M2']:.2f}, "
+                  f"cost ratio flow/HMC {row['cost_ratio_flow_over_hmc']:.3g} [{row['wall_s']:.0f} s]",
+                  flush=True)
     earlier: dict = committed.get("earlier_runs", {}) if args.append else {}
     if args.append:
-        kept = [r for r in old_rows if r["L"] not in {row["L"] for row in rows}]
-        rows = sorted(kept + rows, key=lambda r: r["L"])
+        new = {(r["L"], row_seed(r)) for r in rows}
+        kept = [r for r in old_rows if (r["L"], row_seed(r)) not in new]
+        rows = sorted(kept + rows, key=lambda r: r["L"])  # stable: seeds in order of arrival
     md = markdown(rows, hw)
     print(md)
     if not args.quick:
@@ -291,11 +417,13 @@ def main() -> int:
         plot(rows, res / "ladder.png")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-    keys = ("L", "lam", "budget_s", "budget_kind", "ess", "acceptance", "tau_int_absM", "tau_int_M2",
+    keys = ("L", "lam", "budget_s", "budget_kind", "train_steps", "ess", "acceptance", "tau_int_absM", "tau_int_M2",
             "proposals_per_s", "hmc_cpu_s_per_eff_M2", "flow_cpu_s_per_eff_M2")
     print(json.dumps({"benchmark": "ladder", "rows": [{k: r[k] for k in keys} | {
         "cost_ratio": r["cost_ratio_flow_over_hmc"],
-        "cost_ratio_amortised": r["cost_ratio_flow_over_hmc_amortised"], "xi": r["xi"]} for r in rows],
+        "cost_ratio_amortised": r["cost_ratio_flow_over_hmc_amortised"], "xi": r["xi"],
+        "epsilon": row_epsilon(r), "seed": r.get("seed"), "ref_step_ms": r.get("ref_step_ms"),
+        "cpu_capability": r.get("cpu_capability")} for r in rows],
         "hardware": hw}))
     return 0
 

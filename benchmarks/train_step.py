@@ -52,6 +52,47 @@ def with_circular_padding(flow):
     return old
 
 
+def time_steps(variants: dict, action: Phi4Action, batch: int, steps: int,
+               rounds: int) -> dict[str, float]:
+    """CPU-s spent by ``steps`` reverse-KL training steps (loss, backward, Adam) per variant
+    per round, summed over rounds 2.. (round 1 is warm-up); variants interleaved in rounds so
+    that machine load hits all alike. ``variants``: name -> (flow, objective)."""
+    state = {}
+    for name, (f, objective) in variants.items():
+        state[name] = (f, make_estimator(objective, action),
+                       torch.optim.Adam(f.parameters(), lr=1e-3), torch.Generator().manual_seed(1))
+    spent = {name: 0.0 for name in variants}
+    for r in range(rounds):
+        for name, (f, est, opt, gen) in state.items():
+            t = time.process_time()
+            for _ in range(steps):
+                loss, _ = est.loss(f, batch, generator=gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if r > 0:
+                spent[name] += time.process_time() - t
+    return spent
+
+
+#: the reference step that benchmarks/ladder.py measures alongside every run (one thread)
+REFERENCE = dict(L=8, batch=32, objective="path_gradient_fast")
+
+
+def reference_step_ms(steps: int = 10, rounds: int = 3) -> float:
+    """CPU-ms per training step of the L = 8 ladder flow (configs/ladder/L8.yaml, its objective
+    path_gradient_fast, batch 32) on the current thread settings: the machine-speed reference
+    that lets a reader rescale CPU-second budgets measured on another CPU."""
+    L = REFERENCE["L"]
+    cfg = config_from_dict(load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml"))
+    action = Phi4Action(cfg.action.m2, cfg.action.lam, 2)
+    torch.manual_seed(0)
+    flow = build_flow(cfg.flow, (L, L), m2=cfg.action.m2)
+    spent = time_steps({"ref": (flow, REFERENCE["objective"])}, action, REFERENCE["batch"],
+                       steps, rounds)
+    return 1000 * spent["ref"] / (steps * (rounds - 1))
+
+
 def main() -> int:
     keep_freed_memory()  # the same allocator settings for every variant (lattice_flows/malloc.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,21 +119,7 @@ def main() -> int:
             "odd + fast": (build_flow(odd_cfg, (L, L), m2=cfg.action.m2), "path_gradient_fast"),
             "reverse": (copy.deepcopy(flow), "reverse"),
         }
-        state = {}
-        for name, (f, objective) in variants.items():
-            state[name] = (f, make_estimator(objective, action),
-                           torch.optim.Adam(f.parameters(), lr=1e-3), torch.Generator().manual_seed(1))
-        spent = {name: 0.0 for name in variants}
-        for r in range(args.rounds):
-            for name, (f, est, opt, gen) in state.items():
-                t = time.process_time()
-                for _ in range(args.steps):
-                    loss, _ = est.loss(f, args.batch, generator=gen)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                if r > 0:
-                    spent[name] += time.process_time() - t
+        spent = time_steps(variants, action, args.batch, args.steps, args.rounds)
         n = args.steps * (args.rounds - 1)
         ms = {name: 1000 * s / n for name, s in spent.items()}
         base = ms["circular"]
