@@ -328,8 +328,9 @@ _FLOW = {
     "equivariant": _Field("bool", True, "true (exact Z2 equivariance) or false"),
     # symmetrized: net on x and -x, parity parts (any activation); odd: odd net in one pass
     # (half the convolutions; needs an odd activation: tanh or softsign)
-    # global: lattice-sized FFT kernels in phat^2 on odd/even site features (flows/global_kernel.py)
-    "conditioner": _Field("choice", "symmetrized", choices=("symmetrized", "odd", "global")),
+    # global: lattice-sized FFT kernels in phat^2 on odd/even site features (flows/global_kernel.py);
+    # global_local: plus the symmetrized local conv net (ablation)
+    "conditioner": _Field("choice", "symmetrized", choices=("symmetrized", "odd", "global", "global_local")),
     "global_channels": _Field("int", 8, "a positive integer (odd and even kernel fields of "
                               "flow.conditioner = 'global')", lambda x: x > 0),
     # silu: as good as tanh/gelu in the ablation and ~10x cheaper per element than tanh on CPU
@@ -549,9 +550,9 @@ def config_from_dict(raw: Any) -> Config:
                 "config key 'flow.conditioner': value 'odd' is an exactly Z2-equivariant net; it "
                 "is not allowed with flow.equivariant = false (use 'symmetrized')."
             )
-        if flow.conditioner == "global" and not flow.equivariant:
+        if flow.conditioner in ("global", "global_local") and not flow.equivariant:
             raise ConfigError(
-                "config key 'flow.conditioner': value 'global' is an exactly Z2-equivariant "
+                f"config key 'flow.conditioner': value '{flow.conditioner}' is an exactly Z2-equivariant "
                 "conditioner; it is not allowed with flow.equivariant = false."
             )
         if flow.conditioner == "odd" and flow.activation not in ("tanh", "softsign"):

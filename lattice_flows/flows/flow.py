@@ -143,7 +143,8 @@ def build_flow(
     :class:`ConvConditioner` (``flow_cfg.conditioner = 'symmetrized'``) or an
     :class:`OddConvConditioner` (``'odd'``) or a
     :class:`~lattice_flows.flows.global_kernel.GlobalKernelConditioner` (``'global'``: lattice-sized
-    FFT kernels, ``flow_cfg.global_channels`` fields, ``hidden_channels`` its 1x1 MLP).
+    FFT kernels, ``flow_cfg.global_channels`` fields, ``hidden_channels`` its 1x1 MLP; ``'global_local'``
+    adds the symmetrised local conv net's output, an ablation).
     """
     shape = check_even_extents(lattice_shape)
     ndim = len(shape)
@@ -165,16 +166,21 @@ def build_flow(
             bounded=bijection.param_bounded,
             identity_init=getattr(flow_cfg, "identity_init", True),
         )
+        kind = getattr(flow_cfg, "conditioner", "symmetrized")
         conditioner: nn.Module = (
             OddConvConditioner(ndim, **common)
             if odd
             else ConvConditioner(ndim, equivariant=flow_cfg.equivariant, **common)
-        ) if getattr(flow_cfg, "conditioner", "symmetrized") != "global" else (
-            GlobalKernelConditioner(  # kernel_size unused: the kernels span the lattice
-                ndim, channels=getattr(flow_cfg, "global_channels", 8),
+        )
+        if kind in ("global", "global_local"):  # kernels span the lattice (flows/global_kernel.py)
+            local = None
+            if kind == "global_local":  # ablation: the local net's unbounded output added
+                local = ConvConditioner(ndim, equivariant=True,
+                                        **{**common, "bounded": (False,) * len(common["bounded"])})
+            conditioner = GlobalKernelConditioner(
+                ndim, channels=getattr(flow_cfg, "global_channels", 8), local=local,
                 **{k: v for k, v in common.items() if k != "kernel_size"},
             )
-        )
         layers.append(CouplingLayer(checkerboard((2,) * ndim, k % 2), conditioner, bijection))
     return Flow(StandardNormalPrior(shape), layers)
 

@@ -141,6 +141,9 @@ class GlobalKernelConditioner(nn.Module):
         parities: +1 (even) / -1 (odd) per output parameter; default (s, t) of the affine map.
         bounded: per output, map p -> scale * tanh(p).
         identity_init: start as the identity coupling (last MLP layer and w at zero).
+        local: optional local conditioner (ablation ``flow.conditioner: global_local``) with
+            outputs of the same parities, unbounded; its output is added before the bounds:
+            p = bound(p_global + p_local).
     """
 
     equivariant = True
@@ -155,9 +158,11 @@ class GlobalKernelConditioner(nn.Module):
         parities: Sequence[int] = (1, -1),
         bounded: Sequence[bool] = (True, False),
         identity_init: bool = True,
+        local: nn.Module | None = None,
     ) -> None:
         super().__init__()
         _check_parities(parities, bounded)
+        self.local = local
         if channels < 1 or n_freq < 0:
             raise ValueError(f"channels must be >= 1 and n_freq >= 0, got {channels}, {n_freq}")
         self.ndim = ndim
@@ -218,4 +223,6 @@ class GlobalKernelConditioner(nn.Module):
         p = torch.stack(
             [next(outs_odd) if par == -1 else next(outs_even) for par in self.parities], dim=1
         )
+        if self.local is not None:
+            p = p + self.local(x_frozen)
         return bound_channels(p, self.bounded, self.scale)

@@ -106,10 +106,13 @@ def test_features_vanish_on_active_sites_and_outputs_have_parities():
 
 # --------------------------------------------------------------------------- bijectivity
 
+KINDS = ["global", "global_local"]  # global_local: plus the local conv net (ablation)
 
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", [(6, 6), (6,), (2, 2, 4)])
-def test_invertibility(shape):
-    flow = make(shape=shape)
+def test_invertibility(shape, kind):
+    flow = make(shape=shape, conditioner=kind)
     z = torch.randn(5, *shape, dtype=torch.float64)
     phi, ld = flow(z)
     z2, ld_inv = flow.inverse(phi)
@@ -117,9 +120,10 @@ def test_invertibility(shape):
     assert torch.allclose(ld_inv, -ld, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", [(4, 4), (6,), (2, 2, 4)])
-def test_logdet_matches_autograd_jacobian(shape):
-    flow = make(shape=shape)
+def test_logdet_matches_autograd_jacobian(shape, kind):
+    flow = make(shape=shape, conditioner=kind)
     z = torch.randn(*shape, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(
         lambda v: flow(v.reshape(1, *shape))[0].reshape(-1), z.reshape(-1), vectorize=True)
@@ -127,9 +131,10 @@ def test_logdet_matches_autograd_jacobian(shape):
     assert torch.allclose(ld[0], torch.linalg.slogdet(jac)[1], atol=1e-10, rtol=0)
 
 
-def test_fresh_flow_is_identity():
-    flow = build_flow(FlowConfig(**{**CFG, "fourier_layer": False, "zero_mode_layer": False}),
-                      (6, 6)).double()
+@pytest.mark.parametrize("kind", KINDS)
+def test_fresh_flow_is_identity(kind):
+    flow = build_flow(FlowConfig(**{**CFG, "fourier_layer": False, "zero_mode_layer": False,
+                                    "conditioner": kind}), (6, 6)).double()
     z = torch.randn(3, 6, 6, dtype=torch.float64)
     phi, ld = flow(z)
     assert torch.equal(phi, z) and torch.count_nonzero(ld) == 0
@@ -138,9 +143,10 @@ def test_fresh_flow_is_identity():
 # --------------------------------------------------------------------------- symmetries
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_z2_equivariance_exact(dtype):
-    flow = make(dtype=dtype)
+def test_z2_equivariance_exact(dtype, kind):
+    flow = make(dtype=dtype, conditioner=kind)
     z = torch.randn(4, 6, 6, dtype=dtype)
     with torch.no_grad():
         phi, ld = flow(z)
@@ -149,10 +155,11 @@ def test_z2_equivariance_exact(dtype):
     assert torch.equal(ld_m, ld)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shift", [(1, 1), (0, 2), (2, 4), (3, 1)])
-def test_translation_equivariance(shift):
+def test_translation_equivariance(shift, kind):
     """Shifts with an even sum map each checkerboard to itself: the whole flow commutes."""
-    flow = make()
+    flow = make(conditioner=kind)
     z = torch.randn(3, 6, 6, dtype=torch.float64)
     with torch.no_grad():
         phi, ld = flow(z)
@@ -215,8 +222,9 @@ def test_local_conv_flow_is_not_d4_equivariant():
         assert not torch.allclose(flow(g(z))[0], g(flow(z)[0]), atol=1e-6)
 
 
-def test_batch_independence():
-    flow = make(n_layers=6)
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_independence(kind):
+    flow = make(n_layers=6, conditioner=kind)
     with torch.no_grad():
         phi, _ = flow.sample(8, generator=torch.Generator().manual_seed(3))
         ref = flow.log_prob(phi)
@@ -238,5 +246,11 @@ def test_config_switch_and_refusal():
     assert len(nets) == cfg.flow.n_layers and nets[0].channels == 6
     with pytest.raises(ConfigError, match="flow.conditioner"):
         config_from_dict({**base, "flow": {"conditioner": "global", "equivariant": False}})
+    hybrid = build_flow(config_from_dict({**base, "flow": {"conditioner": "global_local"}}).flow,
+                        (8, 8))
+    assert all(m.local is not None for m in hybrid.modules()
+               if isinstance(m, GlobalKernelConditioner))
+    with pytest.raises(ConfigError, match="flow.conditioner"):
+        config_from_dict({**base, "flow": {"conditioner": "global_local", "equivariant": False}})
     with pytest.raises(ConfigError, match="global_channels"):
         config_from_dict({**base, "flow": {"conditioner": "global", "global_channels": 0}})
