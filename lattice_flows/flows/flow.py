@@ -167,11 +167,7 @@ def build_flow(
             identity_init=getattr(flow_cfg, "identity_init", True),
         )
         kind = getattr(flow_cfg, "conditioner", "symmetrized")
-        conditioner: nn.Module = (
-            OddConvConditioner(ndim, **common)
-            if odd
-            else ConvConditioner(ndim, equivariant=flow_cfg.equivariant, **common)
-        )
+        conditioner: nn.Module
         if kind in ("global", "global_local"):  # kernels span the lattice (flows/global_kernel.py)
             local = None
             if kind == "global_local":  # ablation: the local net's unbounded output added
@@ -181,6 +177,10 @@ def build_flow(
                 ndim, channels=getattr(flow_cfg, "global_channels", 8), local=local,
                 **{k: v for k, v in common.items() if k != "kernel_size"},
             )
+        elif odd:
+            conditioner = OddConvConditioner(ndim, **common)
+        else:
+            conditioner = ConvConditioner(ndim, equivariant=flow_cfg.equivariant, **common)
         layers.append(CouplingLayer(checkerboard((2,) * ndim, k % 2), conditioner, bijection))
     return Flow(StandardNormalPrior(shape), layers)
 
