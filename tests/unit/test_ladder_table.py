@@ -14,7 +14,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
-ladder = pytest.importorskip("ladder")  # benchmarks/ladder.py (needs matplotlib only to plot)
+import ladder  # noqa: E402  (benchmarks/ladder.py; matplotlib is imported only to plot)
 
 
 def row(L=16, ess=0.5, seed=None, overrides=(), **extra) -> dict:
