@@ -316,10 +316,17 @@ class FlowConfig:
     zero_mode_layer: bool = False
     bijection: str = "affine"
     identity_init: bool = True
+    cnf_layers: int = 0
+    cnf_steps: int = 8
+    cnf_frequencies: int = 4
+    cnf_time_basis: int = 3
 
 
 _FLOW = {
-    "n_layers": _Field("int", 16, "a positive even integer (coupling layers)", lambda x: x > 0 and x % 2 == 0),
+    "n_layers": _Field(
+        "int", 16, "an even integer >= 0 (coupling layers; 0 only with other layers)",
+        lambda x: x >= 0 and x % 2 == 0,
+    ),
     "hidden_channels": _Field(
         "int_list", (32, 32), "a list of positive integers (conv channels per hidden layer)",
         lambda s: all(n > 0 for n in s),
@@ -348,6 +355,11 @@ _FLOW = {
         "bool", True, "true (last conv of each conditioner starts at zero: the fresh flow is the "
         "identity) or false (PyTorch's default init, as in the published tutorial)",
     ),
+    # continuous equivariant layers (lattice_flows/flows/cnf.py), after the Fourier layer
+    "cnf_layers": _Field("int", 0, "an integer >= 0 (continuous equivariant layers; 0 = off)", _nonneg),
+    "cnf_steps": _Field("int", 8, "a positive integer (fixed RK4 steps per continuous layer)", _pos),
+    "cnf_frequencies": _Field("int", 4, "a positive integer (sin(omega phi) features per continuous layer)", _pos),
+    "cnf_time_basis": _Field("int", 3, "a positive integer (Fourier time functions of the kernels)", _pos),
 }
 
 
@@ -545,6 +557,11 @@ def config_from_dict(raw: Any) -> Config:
     flow = None
     if "flow" in raw:
         flow = _fill(FlowConfig, _parse_section("flow", raw["flow"], _FLOW))
+        if flow.n_layers == 0 and flow.cnf_layers == 0:
+            raise ConfigError(
+                "config key 'flow.n_layers': value 0 is not allowed with flow.cnf_layers = 0; "
+                "the flow needs coupling or continuous layers (n_layers > 0 or cnf_layers > 0)."
+            )
         if flow.conditioner == "odd" and not flow.equivariant:
             raise ConfigError(
                 "config key 'flow.conditioner': value 'odd' is an exactly Z2-equivariant net; it "

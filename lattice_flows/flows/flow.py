@@ -36,6 +36,7 @@ from torch import nn
 
 from lattice_flows.config import FlowConfig
 from lattice_flows.flows.bijections import make_bijection
+from lattice_flows.flows.cnf import ContinuousEquivariantLayer
 from lattice_flows.flows.coupling import CouplingLayer
 from lattice_flows.flows.fourier import FourierGaussianLayer
 from lattice_flows.flows.global_kernel import GlobalKernelConditioner
@@ -138,7 +139,9 @@ def build_flow(
 
     Layers: an optional :class:`ZeroModeLayer` (``flow_cfg.zero_mode_layer``), an optional
     :class:`FourierGaussianLayer` (``flow_cfg.fourier_layer``, initialised
-    with :func:`fourier_m2_init` of ``m2``), then ``flow_cfg.n_layers`` coupling layers, layer k
+    with :func:`fourier_m2_init` of ``m2``), ``flow_cfg.cnf_layers`` continuous equivariant layers
+    (:class:`~lattice_flows.flows.cnf.ContinuousEquivariantLayer`, ``cnf_steps`` RK4 steps,
+    ``cnf_frequencies``, ``cnf_time_basis``), then ``flow_cfg.n_layers`` coupling layers, layer k
     updating the checkerboard sites of parity k % 2 with ``flow_cfg.bijection`` and a
     :class:`ConvConditioner` (``flow_cfg.conditioner = 'symmetrized'``) or an
     :class:`OddConvConditioner` (``'odd'``) or a
@@ -155,6 +158,11 @@ def build_flow(
         init = getattr(flow_cfg, "fourier_m2_init", "auto")
         m2_init = fourier_m2_init(m2) if init == "auto" else float(init)
         layers.append(FourierGaussianLayer(shape, m2_init=m2_init))
+    for _ in range(getattr(flow_cfg, "cnf_layers", 0)):
+        layers.append(ContinuousEquivariantLayer(
+            ndim, n_frequencies=flow_cfg.cnf_frequencies, n_time=flow_cfg.cnf_time_basis,
+            n_steps=flow_cfg.cnf_steps,
+        ))
     odd = getattr(flow_cfg, "conditioner", "symmetrized") == "odd" and flow_cfg.equivariant
     for k in range(flow_cfg.n_layers):
         bijection = make_bijection(flow_cfg.bijection)
