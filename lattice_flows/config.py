@@ -318,8 +318,9 @@ class FlowConfig:
     identity_init: bool = True
     cnf_layers: int = 0
     cnf_steps: int = 8
-    cnf_frequencies: int = 4
-    cnf_time_basis: int = 3
+    cnf_frequencies: int = 8
+    cnf_time_basis: int = 5
+    cnf_lipschitz_max: float = 3.0
 
 
 _FLOW = {
@@ -358,8 +359,12 @@ _FLOW = {
     # continuous equivariant layers (lattice_flows/flows/cnf.py), after the Fourier layer
     "cnf_layers": _Field("int", 0, "an integer >= 0 (continuous equivariant layers; 0 = off)", _nonneg),
     "cnf_steps": _Field("int", 8, "a positive integer (fixed RK4 steps per continuous layer)", _pos),
-    "cnf_frequencies": _Field("int", 4, "a positive integer (sin(omega phi) features per continuous layer)", _pos),
-    "cnf_time_basis": _Field("int", 3, "a positive integer (Fourier time functions of the kernels)", _pos),
+    "cnf_frequencies": _Field("int", 8, "a positive integer (sin(omega phi) features per continuous layer)", _pos),
+    "cnf_time_basis": _Field("int", 5, "a positive integer (Fourier time functions of the kernels)", _pos),
+    "cnf_lipschitz_max": _Field(
+        "float", 3.0, "a positive number (bound on the vector field's Lipschitz constant; keep "
+        "cnf_lipschitz_max / cnf_steps <= ~0.4 for RK4 accuracy)", _pos,
+    ),
 }
 
 

@@ -121,7 +121,7 @@ class ContinuousEquivariantLayer(nn.Module):
     """
 
     def __init__(
-        self, ndim: int, n_frequencies: int = 4, n_time: int = 3, n_steps: int = 8,
+        self, ndim: int, n_frequencies: int = 8, n_time: int = 5, n_steps: int = 8,
         lipschitz_max: float = LIPSCHITZ_MAX,
     ) -> None:
         super().__init__()

@@ -21,9 +21,12 @@ from lattice_flows.flows.flow import build_flow
 FLOAT_TOL = 1e-12
 
 
-def make_layer(ndim=2, n_steps=8, scale=0.1, seed=0, **kw) -> ContinuousEquivariantLayer:
-    """A float64 layer with seeded random (non-trivial) kernel weights and frequencies."""
-    layer = ContinuousEquivariantLayer(ndim, n_steps=n_steps, **kw).double()
+def make_layer(ndim=2, n_steps=8, scale=1.0, seed=0, n_frequencies=2, n_time=2, **kw):
+    """A float64 layer with seeded random (non-trivial) kernel weights and frequencies; few
+    channels, so that random signs do not cancel the field under the Lipschitz bound."""
+    layer = ContinuousEquivariantLayer(
+        ndim, n_steps=n_steps, n_frequencies=n_frequencies, n_time=n_time, **kw
+    ).double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         layer.weight.copy_(scale * torch.randn(layer.weight.shape, generator=g, dtype=torch.float64))
@@ -135,8 +138,26 @@ def test_vector_field_lipschitz_constant_is_bounded(scale):
             x.reshape(-1),
         )
         assert float(jac.abs().sum(dim=1).max()) < layer.lipschitz_max
-    if scale == 10.0:  # strong weights use most of the bound (the bound is not vacuous)
-        assert float(jac.abs().sum(dim=1).max()) > 0.1 * layer.lipschitz_max
+
+
+def test_lipschitz_bound_is_attained_by_an_on_site_linear_field():
+    """f = c phi (W only on the linear channel's on-site, constant-in-t entry): the Jacobian is
+    c_eff * identity with c_eff = Lmax tanh(c / Lmax), so the bound is tight, not vacuous."""
+    shape = (4, 4)
+    layer = ContinuousEquivariantLayer(2).double()
+    with torch.no_grad():
+        layer.weight[-1, 0, 0] = 1000.0
+    x = field(shape, batch=1)
+    half, at_zero = layer._basis(shape, x.device)
+    jac = torch.autograd.functional.jacobian(
+        lambda v: layer._field(v.reshape(1, *shape), 0.3, half, at_zero, layer.bounded_weight())[0].reshape(-1),
+        x.reshape(-1),
+    )
+    c_eff = layer.lipschitz_max * math.tanh(1000.0 / layer.lipschitz_max)
+    torch.testing.assert_close(jac, c_eff * torch.eye(16, dtype=torch.float64), atol=FLOAT_TOL, rtol=0)
+    # the integrated log-det of the linear ODE d phi/dt = c_eff phi is V c_eff exactly
+    _, ld = layer(x)
+    torch.testing.assert_close(ld, torch.full_like(ld, 16 * c_eff), atol=FLOAT_TOL, rtol=0)
 
 
 def _slope(steps, errors) -> float:
@@ -187,10 +208,11 @@ def test_inverse_round_trip_converges_like_h4():
 
 
 def test_layer_in_the_flow_stack_samples_and_evaluates_log_prob():
-    cfg = FlowConfig(n_layers=2, hidden_channels=(4,), cnf_layers=1, cnf_steps=16)
+    cfg = FlowConfig(n_layers=2, hidden_channels=(4,), cnf_layers=1, cnf_steps=16,
+                     cnf_lipschitz_max=2.0)
     flow = build_flow(cfg, (4, 4), m2=0.5).double()
     cnf = [m for m in flow.layers if isinstance(m, ContinuousEquivariantLayer)]
-    assert len(cnf) == 1 and cnf[0].n_steps == 16
+    assert len(cnf) == 1 and (cnf[0].n_steps, cnf[0].lipschitz_max) == (16, 2.0)
     with torch.no_grad():
         cnf[0].weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(3))
     phi, log_q = flow.sample(4, generator=torch.Generator().manual_seed(4))
@@ -217,6 +239,7 @@ def _cfg(flow: dict) -> dict:
         ({"cnf_layers": 1, "cnf_steps": 0}, r"flow\.cnf_steps.*0.*positive integer"),
         ({"cnf_frequencies": 1.5}, r"flow\.cnf_frequencies.*1\.5.*positive integer"),
         ({"cnf_time_basis": 0}, r"flow\.cnf_time_basis.*0.*positive integer"),
+        ({"cnf_lipschitz_max": 0.0}, r"flow\.cnf_lipschitz_max.*0\.0.*positive number"),
     ],
 )
 def test_config_errors_name_key_value_and_allowed(flow, pattern):
