@@ -105,13 +105,16 @@ def pareto_khat(log_w: np.ndarray, prior: bool = True) -> float:
     m = tail_length(n) if n else 0
     if m < 5 or m >= n:
         return math.nan
-    top = np.sort(lw)[n - m - 1:]  # the threshold and the M largest
+    return _tail_khat(np.sort(lw)[n - m - 1:], prior)
+
+
+def _tail_khat(top: np.ndarray, prior: bool) -> float:
+    """k̂ of the sorted largest M + 1 log-weights ``top`` (threshold first): :func:`gpd_fit` to
+    the exceedances of the M largest weights over the threshold; NaN when they are all zero."""
     if not np.isfinite(top[-1]):
         return math.nan  # (almost) all weights zero
-    top = top - top[-1]
-    w = np.exp(top)
-    k, _ = gpd_fit(w[1:] - w[0], prior=prior)
-    return k
+    w = np.exp(top - top[-1])
+    return gpd_fit(w[1:] - w[0], prior=prior)[0]
 
 
 def longest_false_run(accepted: np.ndarray) -> np.ndarray:
@@ -177,32 +180,17 @@ def flags_for(khat: float, n: int, n_failed: int = 0, longest_run: int | None = 
 def weight_diagnostics(log_w: np.ndarray, accepted: np.ndarray | None = None,
                        prior: bool = True) -> WeightDiagnostics:
     """All diagnostics of the log-weights ``log_w`` (any shape; all draws of a run) and, for an
-    independence-Metropolis chain, of its ``accepted`` flags (steps or saved rows, chains)."""
+    independence-Metropolis chain, of its ``accepted`` flags (steps or saved rows, chains): one
+    :class:`WeightAccumulator` pass over everything."""
     lw = np.asarray(log_w, dtype=np.float64).ravel()
-    bad = np.isnan(lw) | np.isposinf(lw)
-    n_failed = int(bad.sum())
-    lw = lw[~bad]
-    n = lw.size
-    n_zero = int(np.isneginf(lw).sum())
-    if n - n_zero > 0:
-        pos = lw[np.isfinite(lw)]
-        w = np.exp(pos - pos.max())
-        s1, s2 = float(w.sum()), float((w * w).sum())
-        ess, max_frac = s1 * s1 / s2, 1.0 / s1
-    else:
-        ess, max_frac = 0.0, math.nan
-    khat = pareto_khat(lw, prior=prior) if n_zero < n else math.nan
-    run = length = None
-    if accepted is not None:
-        a = np.asarray(accepted, dtype=bool)
-        a = a[:, None] if a.ndim == 1 else a
-        run, length = int(longest_false_run(a).max()), int(a.shape[0])
-    return WeightDiagnostics(
-        n=n, n_zero=n_zero, n_failed=n_failed, ess=ess, ess_fraction=ess / n if n else math.nan,
-        khat=khat, khat_threshold=khat_threshold(n), max_weight_fraction=max_frac,
-        longest_rejection_run=run, chain_length=length,
-        flags=flags_for(khat, n, n_failed, run, length),
-    )
+    a = None if accepted is None else np.asarray(accepted, dtype=bool)
+    if a is not None and a.ndim == 1:
+        a = a[:, None]
+    acc = WeightAccumulator(lw.size, 1 if a is None else a.shape[1])
+    acc.add(lw)
+    if a is not None:
+        acc.add_accepted(a)
+    return acc.result(prior=prior, chain=a is not None)
 
 
 def care_note(d: WeightDiagnostics | dict, what: str = "flow weights") -> str | None:
@@ -299,11 +287,7 @@ class WeightAccumulator:
         else:
             ess, max_frac = 0.0, math.nan
         m = min(tail_length(n), self.top.size - 1) if n else 0
-        khat = math.nan
-        if 5 <= m < n and np.isfinite(self.top[-1]):
-            top = self.top[-(m + 1):] - self.top[-1]
-            w = np.exp(top)
-            khat = gpd_fit(w[1:] - w[0], prior=prior)[0]
+        khat = _tail_khat(self.top[-(m + 1):], prior) if 5 <= m < n else math.nan
         run = int(self.longest.max()) if chain and self.steps else None
         length = self.steps if chain and self.steps else None
         return WeightDiagnostics(

@@ -87,7 +87,7 @@ import math
 import torch
 from torch import nn
 
-from lattice_flows.flows.fourier import lattice_momentum_squared
+from lattice_flows.flows.fourier import momentum_squared_grids
 
 MASSES2: tuple[float, ...] = (4.0, 1.0, 0.25, 0.0625, 0.015625)
 """mu^2 of the Yukawa kernel basis: ranges 1/mu = 0.5, 1, 2, 4, 8 sites."""
@@ -154,7 +154,7 @@ class ContinuousEquivariantLayer(nn.Module):
         """(B_k on the rfft half grid, B_k(r = 0) = mean over all momenta), float64, cached."""
         key = (shape, str(device))
         if key not in self._basis_cache:
-            full = kernel_basis(lattice_momentum_squared(shape, device=device), self.ndim)
+            full = kernel_basis(momentum_squared_grids(shape, device)[0], self.ndim)
             half = full[..., : shape[-1] // 2 + 1].contiguous()
             at_zero = full.reshape(full.shape[0], -1).mean(dim=1)
             self._basis_cache[key] = (half, at_zero)

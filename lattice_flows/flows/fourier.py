@@ -72,6 +72,23 @@ def lattice_momentum_squared(
     return phat2.to(dtype)
 
 
+_GRIDS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def momentum_squared_grids(
+    shape: tuple[int, ...], device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(full grid, ``torch.fft.rfftn`` half grid, last axis L_d // 2 + 1) of
+    :func:`lattice_momentum_squared`, computed once per shape, device and dtype and shared by
+    every layer that works in momentum space (constants: no gradient)."""
+    key = (tuple(shape), str(device), dtype)
+    if key not in _GRIDS:
+        full = lattice_momentum_squared(tuple(shape), device=device, dtype=dtype)
+        _GRIDS[key] = (full, full[..., : shape[-1] // 2 + 1].contiguous())
+    return _GRIDS[key]
+
+
 class FourierGaussianLayer(nn.Module):
     """phi = IFFT(sigma(phat^2) FFT(z)) with learnable sigma > 0 (see the module docstring).
 
@@ -99,7 +116,6 @@ class FourierGaussianLayer(nn.Module):
         self.m2_init = float(m2_init)
         self.log_m2_ratio = nn.Parameter(torch.zeros(()))
         self.knot_values = nn.Parameter(torch.zeros(self.n_knots))
-        self._phat2_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def m2_eff(self) -> float:
@@ -111,15 +127,6 @@ class FourierGaussianLayer(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         self.m2_init = float(state["m2_init"])
-
-    def _phat2(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype):
-        """(full grid, rfft half grid) of phat^2 for ``shape``, cached per shape/device/dtype."""
-        key = (shape, str(device), dtype)
-        if key not in self._phat2_cache:
-            full = lattice_momentum_squared(shape, device=device, dtype=dtype)
-            half = full[..., : shape[-1] // 2 + 1].contiguous()
-            self._phat2_cache[key] = (full, half)
-        return self._phat2_cache[key]
 
     def log_sigma(self, u: torch.Tensor) -> torch.Tensor:
         """log sigma as a function of u = phat^2 (any shape)."""
@@ -140,7 +147,7 @@ class FourierGaussianLayer(nn.Module):
             )
         shape = tuple(x.shape[1:])
         dims = tuple(range(1, x.dim()))
-        full, half = self._phat2(shape, x.device, torch.float64)
+        full, half = momentum_squared_grids(shape, x.device, torch.float64)
         factor = torch.exp(sign * self.log_sigma(half))
         x64 = x.to(torch.float64)
         y = torch.fft.irfftn(torch.fft.rfftn(x64, dim=dims) * factor, s=shape, dim=dims)

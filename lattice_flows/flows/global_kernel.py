@@ -70,17 +70,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from lattice_flows.flows.fourier import lattice_momentum_squared
+from lattice_flows.flows.fourier import momentum_squared_grids
 from lattice_flows.flows.nets import _check_parities, bound_channels, make_activation
-
-
-def rfft_momentum_squared(
-    shape: Sequence[int], device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> torch.Tensor:
-    """phat^2 on the half grid of ``torch.fft.rfftn`` over ``shape`` (last axis L_d // 2 + 1)."""
-    full = lattice_momentum_squared(tuple(shape), device=device, dtype=dtype)
-    return full[..., : shape[-1] // 2 + 1]
 
 
 class PhatKernelBank(nn.Module):
@@ -104,17 +95,10 @@ class PhatKernelBank(nn.Module):
         self.coef = nn.Parameter(
             torch.randn(out_channels, in_channels, n_basis) / math.sqrt(in_channels * n_basis)
         )
-        self._phat2: dict[tuple, torch.Tensor] = {}
-
-    def phat2(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        key = (shape, str(device), dtype)
-        if key not in self._phat2:
-            self._phat2[key] = rfft_momentum_squared(shape, device=device, dtype=dtype)
-        return self._phat2[key]
 
     def kernels(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """K~_cf(p) on the rfft grid of ``shape``: (C, F, L_1, ..., L_d // 2 + 1), real."""
-        u = self.phat2(shape, device, dtype)
+        u = momentum_squared_grids(shape, device, dtype)[1]  # the rfft half grid
         mu2 = torch.exp(2 * self.log_mu).to(dtype).view(-1, *[1] * self.ndim)
         basis = torch.cat([u.unsqueeze(0), mu2 / (u + mu2)], dim=0)  # (N, grid)
         return torch.einsum("cfn,n...->cf...", self.coef.to(dtype), basis)

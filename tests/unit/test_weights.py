@@ -125,7 +125,6 @@ def test_accumulator_in_blocks_equals_the_whole_and_survives_a_checkpoint():
     lw[5, 1] = -math.inf
     lw[17, 2] = math.nan
     acc = rng.random((steps, n_chains)) < 0.3
-    whole = weight_diagnostics(lw, acc)
     a = WeightAccumulator(steps * n_chains, n_chains)
     for i in range(0, 300, 64):
         a.add(lw[i:min(i + 64, 300)])
@@ -135,6 +134,17 @@ def test_accumulator_in_blocks_equals_the_whole_and_survives_a_checkpoint():
         b.add(lw[i:i + 64])
         b.add_accepted(acc[i:i + 64])
     got = b.result()
+    # references computed in one shot by the independent functions
+    kept = lw.ravel()[~(np.isnan(lw.ravel()) | np.isposinf(lw.ravel()))]
+    assert (got.n, got.n_zero, got.n_failed) == (steps * n_chains - 1, 1, 1)
+    assert (got.longest_rejection_run, got.chain_length) == (int(longest_false_run(acc).max()), steps)
+    assert got.ess_fraction == pytest.approx(effective_sample_size(kept), rel=1e-10)
+    assert got.khat == pytest.approx(pareto_khat(kept), rel=1e-10)
+    fin = kept[np.isfinite(kept)]
+    assert got.max_weight_fraction == pytest.approx(np.exp(fin.max() - np.logaddexp.reduce(fin)), rel=1e-10)
+    assert got.flags == flags_for(got.khat, got.n, 1, got.longest_rejection_run, steps)
+    # and weight_diagnostics of the whole gives the same
+    whole = weight_diagnostics(lw, acc)
     for key in ("n", "n_zero", "n_failed", "longest_rejection_run", "chain_length", "flags"):
         assert getattr(got, key) == getattr(whole, key), key
     for key in ("ess", "khat", "max_weight_fraction"):
