@@ -29,6 +29,11 @@ Output: a markdown table and a plot of acceptance and ESS versus L in benchmarks
     python benchmarks/ladder.py --rungs 20,32 --append --reuse-hmc --init-from runs/L16/flow.pt
     python benchmarks/ladder.py --rungs 16 --seeds 16,1616 --no-transfer --append  # eps spread
     python benchmarks/ladder.py --render-only         # ladder.md again from ladder.json
+    # the CNF chain 16 -> 32 -> 64 (configs/ladder_cnf), rows beside those of configs/ladder:
+    python benchmarks/ladder.py --configs configs/ladder_cnf --rungs 16,32,64 --append
+    # the same, evaluating flows and HMC runs made before with lattice-flows train / hmc:
+    python benchmarks/ladder.py --configs configs/ladder_cnf --rungs 16,32,64 --append \
+        --flows-from runs/ladder_cnf --hmc-from runs/ladder_cnf_hmc
 """
 
 from __future__ import annotations
@@ -83,14 +88,27 @@ def row_epsilon(row: dict) -> float:
     return per_site_error(row["ess"], row_volume(row))
 
 
-def config_seed(L: int) -> int | None:
-    """The seed of configs/ladder/L<L>.yaml (what a row without a stored seed ran with)."""
-    path = REPO / "configs" / "ladder" / f"L{L}.yaml"
+DEFAULT_CONFIGS = "configs/ladder"
+
+
+def row_configs(row: dict) -> str:
+    """The folder of rung configs a row ran (rows written before it was stored: configs/ladder)."""
+    return row.get("configs") or DEFAULT_CONFIGS
+
+
+def config_seed(L: int, configs: str = DEFAULT_CONFIGS) -> int | None:
+    """The seed of <configs>/L<L>.yaml (what a row without a stored seed ran with)."""
+    path = REPO / configs / f"L{L}.yaml"
     return int(load_raw(path).get("seed", 0)) if path.exists() else None
 
 
 def row_seed(row: dict) -> int | None:
-    return row["seed"] if row.get("seed") is not None else config_seed(row["L"])
+    return row["seed"] if row.get("seed") is not None else config_seed(row["L"], row_configs(row))
+
+
+def row_key(row: dict) -> tuple:
+    """What identifies a row in results/ladder.json (--append replaces a row of the same key)."""
+    return (row_configs(row), row["L"], row_seed(row))
 
 
 def _na(value, fmt: str) -> str:
@@ -102,7 +120,10 @@ def start_of(row: dict) -> str:
     if row.get("init_desc"):
         return "initialised from " + row["init_desc"]
     if row.get("transfer_from"):
-        return "initialised from the L = " + Path(row["transfer_from"]).parent.name[1:] + " flow"
+        name = Path(row["transfer_from"]).parent.name
+        if name[:1] == "L" and name[1:].isdigit():
+            return "initialised from the L = " + name[1:] + " flow"
+        return "initialised from " + row["transfer_from"]
     return "trained from scratch"
 
 
@@ -112,7 +133,7 @@ def seed_groups(rows: list[dict]) -> list[list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         over = tuple(o for o in (r.get("overrides") or []) if not o.startswith("seed="))
-        groups.setdefault((r["L"], r["lam"], start_of(r), over), []).append(r)
+        groups.setdefault((row_configs(r), r["L"], r["lam"], start_of(r), over), []).append(r)
     return [g for g in groups.values() if len({row_seed(r) for r in g}) >= 2]
 
 
@@ -139,10 +160,12 @@ HMC_KEYS = ("hmc_tau_int_absM", "hmc_tau_int_M2", "hmc_cpu_s_per_traj", "hmc_acc
             "hmc_n_traj", "hmc_chains", "xi", "xi_error")
 
 
-def hmc_figures(cfg) -> dict:
-    """HMC of the rung's ``hmc`` section: tau_int of |M| and M^2, CPU-s per trajectory, xi."""
+def hmc_figures(cfg, run_dir: Path | None = None) -> dict:
+    """HMC of the rung's ``hmc`` section: tau_int of |M| and M^2, CPU-s per trajectory, xi.
+    ``run_dir``: an HMC run folder of the same config, resumed or extended (default: the rung's
+    output folder)."""
     t = time.process_time()
-    hmc_sf = SampleFile(run_hmc(cfg, progress=False))
+    hmc_sf = SampleFile(run_hmc(cfg, run_dir, progress=False))
     hmc_cpu = float(hmc_sf.attrs.get("cpu_s", time.process_time() - t))
     rows = {r.name: r for r in analyze_samples(hmc_sf)}
     n_traj_chains = hmc_sf.n_saved * hmc_sf.n_chains
@@ -174,9 +197,17 @@ def trained_rung(run_dir: Path, cfg) -> tuple[int, float, str | None]:
     return int(summary["steps"]), float(summary["train_cpu_s"]), done.train.init_from
 
 
+def same_file_bytes(a: Path, b: Path) -> bool:
+    """Whether two files exist and hold the same bytes (a flow.pt copied or linked elsewhere)."""
+    try:
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
 def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: Path | None,
              quick: bool, eval_samples: int, reuse_hmc: dict | None = None,
-             trained: Path | None = None) -> dict:
+             trained: Path | None = None, hmc_dir: Path | None = None) -> dict:
     raw = json.loads(json.dumps(raw))
     raw["device"] = "cpu" if not torch.cuda.is_available() else raw.get("device", "auto")
     raw["output"]["dir"] = str(work / f"L{L}")
@@ -188,7 +219,7 @@ def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: 
     cfg = config_from_dict(raw)
     budget_kind = "GPU-s" if torch.cuda.is_available() else "CPU-s (1 thread)"
 
-    hmc = dict(reuse_hmc) if reuse_hmc else hmc_figures(cfg)
+    hmc = dict(reuse_hmc) if reuse_hmc else hmc_figures(cfg, hmc_dir)
 
     if trained is not None:  # evaluate a flow trained before (same config), do not train
         steps, train_cpu_s, init = trained_rung(trained, cfg)
@@ -229,16 +260,17 @@ def markdown(rows: list[dict], hw: dict) -> str:
     """The table of ``rows`` (eps computed from ESS/N and V for every row; 'n/a' for fields a
     row lacks), the eps spread over seeds where a rung has >= 2, the start of each rung and the
     hardware line."""
-    head = ("| L | λ | seed | ξ (HMC) / target | budget used | steps | ESS/N | ε = −ln(ESS/N)/V | "
+    head = ("| configs | L | λ | seed | ξ (HMC) / target | budget used (rung / chain) | steps | ESS/N | ε = −ln(ESS/N)/V | "
             "acceptance | τ_int(\\|M\\|) flow | τ_int(M²) flow | proposals/s | τ_int(\\|M\\|) HMC | "
             "τ_int(M²) HMC | CPU-s/eff. M² HMC | CPU-s/eff. M² flow | flow/HMC | "
             "flow/HMC incl. training/10⁶ | CPU capability | ref. step L = 8 (CPU-ms) |")
-    lines = [head, "|" + "---|" * 20]
+    lines = [head, "|" + "---|" * 21]
     for r in rows:
         lines.append(
-            f"| {r['L']} | {r['lam']} | {_na(r.get('seed'), 'd')} | "
+            f"| {row_configs(r).removeprefix('configs/')} | {r['L']} | {r['lam']} | {_na(r.get('seed'), 'd')} | "
             f"{r['xi']:.2f} ± {r['xi_error']:.2f} / {r['xi_target']:.0f} | "
-            f"{r['budget_s']:.0f} {r['budget_kind']} | {r['train_steps']} | {r['ess']:.3f} | "
+            f"{r['budget_s']:.0f} / {_na(r.get('chain_budget_s'), '.0f')} {r['budget_kind']} | "
+            f"{r['train_steps']} | {r['ess']:.3f} | "
             f"{row_epsilon(r):.2e} | "
             f"{r['acceptance']:.3f} | {r['tau_int_absM']:.2f} | {r['tau_int_M2']:.2f} | "
             f"{r['proposals_per_s']:.0f} | {r['hmc_tau_int_absM']:.2f} | {r['hmc_tau_int_M2']:.2f} | "
@@ -249,25 +281,26 @@ def markdown(rows: list[dict], hw: dict) -> str:
     groups = seed_groups(rows)
     if groups:
         lines += ["", "Per-site error over seeds (rows that differ only in the seed):", "",
-                  "| L | start | seeds | ε mean | ε sd (n − 1) | ε min – max |", "|---|---|---|---|---|---|"]
+                  "| configs | L | start | seeds | ε mean | ε sd (n − 1) | ε min – max |",
+                  "|---|---|---|---|---|---|---|"]
         for g in groups:
             sp = epsilon_spread(g)
             seeds = ", ".join(_na(x, "d") for x in sp["seeds"])
-            lines.append(f"| {g[0]['L']} | {start_of(g[0])} | {seeds} | {sp['mean']:.2e} | "
+            lines.append(f"| {row_configs(g[0]).removeprefix('configs/')} | {g[0]['L']} | {start_of(g[0])} | {seeds} | {sp['mean']:.2e} | "
                          f"{sp['sd']:.1e} | {sp['min']:.2e} – {sp['max']:.2e} |")
     lines.append("")
     for r in rows:  # how each rung started (runs of several invocations can be merged: --append)
         extra = ", ".join(r.get("overrides") or []) or "none"
         hmc = "; HMC figures reused from the earlier run of this rung" if r.get("hmc_reused") else ""
         note = f" {r['note']}" if r.get("note") else ""
-        lines.append(f"* L = {r['L']}{'' if r.get('seed') is None else ', seed ' + str(r['seed'])}: "
+        lines.append(f"* {row_configs(r)}, L = {r['L']}{'' if r.get('seed') is None else ', seed ' + str(r['seed'])}: "
                      f"{start_of(r)}; config overrides: {extra}{hmc}.{note}")
     lines.append("")
     lines.append(f"Hardware: {hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), "
                  f"CUDA: {hw['cuda']}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
                  "flow cost: CPU-s per proposal x 2 τ_int of the independence chain. "
                  "Budget used: training CPU-seconds (`time.process_time`, one thread) or GPU-s where "
-                 "marked; ε = −ln(ESS/N)/V (docs/conventions.md, \"Flow quality at scale\"). "
+                 "marked, of the rung and summed over its transfer chain (n/a: not recorded); ε = −ln(ESS/N)/V (docs/conventions.md, \"Flow quality at scale\"). "
                  f"Ref. step: CPU-ms per {REFERENCE['objective']} training step of the L = "
                  f"{REFERENCE['L']} ladder flow at batch {REFERENCE['batch']} "
                  "(`benchmarks/train_step.py`, `reference_step_ms`), measured at the start of the "
@@ -314,7 +347,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rungs", default="8,12,16", help="comma-separated L values of configs/ladder/")
+    p.add_argument("--rungs", default="8,12,16", help="comma-separated L values of the --configs folder")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS,
+                   help="folder of the rung configs L<L>.yaml, relative to the repository (default "
+                        "configs/ladder; configs/ladder_cnf: the chain with a continuous layer)")
+    p.add_argument("--hmc-from", default=None, metavar="DIR",
+                   help="HMC run folders DIR/L<L> of the rungs' configs ('lattice-flows hmc ... --set "
+                        "output.dir=DIR/L<L>'): resumed or extended to the rung's hmc section, not rerun")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply each rung's training budget")
     p.add_argument("--no-transfer", action="store_true", help="train every rung from scratch")
     p.add_argument("--threads", type=int, default=1)
@@ -372,8 +411,9 @@ def main() -> int:
         overrides = list(args.overrides) + ([f"seed={seed}"] if seed is not None else [])
         chain_work = work / f"seed{seed}" if len(seeds) > 1 else work
         prev = Path(args.init_from) if args.init_from else None
+        chain_budget = 0.0  # training CPU-s of the rungs before, where each starts from the last
         for i, L in enumerate([int(x) for x in args.rungs.split(",")]):
-            raw = apply_overrides(load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml"), overrides)
+            raw = apply_overrides(load_raw(REPO / args.configs / f"L{L}.yaml"), overrides)
             scale = args.budget_scale * (0.05 if args.quick else 1.0)
             reuse = None
             if args.reuse_hmc:
@@ -384,7 +424,15 @@ def main() -> int:
             start = prev if (i == 0 or not args.no_transfer) else None  # i == 0: --init-from or None
             row = run_rung(L, raw, chain_work, scale, start, args.quick,
                            1024 if args.quick else args.eval_samples, reuse,
-                           Path(args.flows_from) / f"L{L}" if args.flows_from else None)
+                           Path(args.flows_from) / f"L{L}" if args.flows_from else None,
+                           Path(args.hmc_from) / f"L{L}" if args.hmc_from else None)
+            if args.flows_from and prev is not None and row["transfer_from"] \
+                    and same_file_bytes(Path(row["transfer_from"]), prev):
+                row["transfer_from"] = str(prev)  # trained from this chain's previous rung
+            row["configs"] = args.configs
+            transferred = row["transfer_from"] is not None and i > 0
+            row["chain_budget_s"] = row["budget_s"] + (chain_budget if transferred else 0.0)
+            chain_budget = row["chain_budget_s"]
             if i == 0 and args.init_from:
                 row["init_desc"] = args.init_desc or f"the flow {args.init_from}"
             row["wall_s"] = time.time() - t0
@@ -394,7 +442,7 @@ def main() -> int:
             if args.note:
                 row["note"] = args.note
             rows.append(row)
-            prev = chain_work / f"L{L}" / "flow.pt"
+            prev = (Path(args.flows_from) if args.flows_from else chain_work) / f"L{L}" / "flow.pt"
             print(f"L={L}: acceptance {row['acceptance']:.3f}, ESS/N {row['ess']:.3f}, "
                   f"eps {row['epsilon']:.2e}, xi {row['xi']:.2f} "
                   f"(target {L / 4:.0f}), HMC tau_int(M2) {row['hmc_tau_int_M2']:.2f}, "
@@ -402,8 +450,8 @@ def main() -> int:
                   flush=True)
     earlier: dict = committed.get("earlier_runs", {}) if args.append else {}
     if args.append:
-        new = {(r["L"], row_seed(r)) for r in rows}
-        kept = [r for r in old_rows if (r["L"], row_seed(r)) not in new]
+        new = {row_key(r) for r in rows}
+        kept = [r for r in old_rows if row_key(r) not in new]
         rows = sorted(kept + rows, key=lambda r: r["L"])  # stable: seeds in order of arrival
     md = markdown(rows, hw)
     print(md)

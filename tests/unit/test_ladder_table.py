@@ -41,7 +41,7 @@ def cells(line: str) -> list[str]:
 
 def table_rows(md: str) -> list[list[str]]:
     return [cells(line) for line in md.splitlines()
-            if line.startswith("| ") and not line.startswith("| L |")]
+            if line.startswith("| ") and not line.startswith("| configs |")]
 
 
 def test_header_and_rows_have_the_same_number_of_cells():
@@ -49,7 +49,7 @@ def test_header_and_rows_have_the_same_number_of_cells():
     md = ladder.markdown([row(), row(seed=3)], HW)
     header = cells(md.splitlines()[0])
     assert "τ_int(\\|M\\|) flow" in header
-    assert len(header) == 20 and all(len(r) == 20 for r in table_rows(md)[:2])
+    assert len(header) == 21 and all(len(r) == 21 for r in table_rows(md)[:2])
 
 
 def test_per_site_error_hand_computation():
@@ -72,7 +72,8 @@ def test_old_rows_get_eps_and_na_for_missing_fields():
     assert got["seed"] == "n/a"
     assert got["CPU capability"] == "n/a"
     assert got["ref. step L = 8 (CPU-ms)"] == "n/a"
-    assert got["budget used"] == "300 CPU-s (1 thread)" and got["steps"] == "1234"
+    assert got["budget used (rung / chain)"] == "300 / n/a CPU-s (1 thread)" and got["steps"] == "1234"
+    assert got["configs"] == "ladder"  # rows written before the configs folder was stored
     assert "Per-site error over seeds" not in md  # one seed: no spread table
 
 
@@ -97,7 +98,32 @@ def test_eps_spread_over_seeds_hand_computation():
     assert sp["sd"] == pytest.approx(math.sqrt(2) * 1e-3, rel=1e-12)
     assert (sp["min"], sp["max"]) == (pytest.approx(1e-3), pytest.approx(3e-3))
     md = ladder.markdown(rows, HW)
-    assert "| 16 | trained from scratch | 1, 2 | 2.00e-03 | 1.4e-03 | 1.00e-03 – 3.00e-03 |" in md
+    assert "| ladder | 16 | trained from scratch | 1, 2 | 2.00e-03 | 1.4e-03 | 1.00e-03 – 3.00e-03 |" in md
+    # the same seeds from another configs folder are another group, not a third seed
+    other = [dict(r, configs="configs/ladder_cnf") for r in rows[:2]]
+    assert [len(g) for g in ladder.seed_groups(rows + other)] == [2, 2]
+
+
+def test_rows_of_another_configs_folder_are_kept_beside_and_show_the_chain_budget():
+    """--append replaces a row of the same (configs, L, seed) only: a CNF-chain row of L = 16
+    and the config seed sits beside the committed configs/ladder row of that L and seed."""
+    old = row(ess=0.61)
+    new = row(ess=0.81, seed=ladder.config_seed(16), configs="configs/ladder_cnf",
+              budget_s=1200.0, chain_budget_s=1200.0)
+    assert ladder.row_key(old) != ladder.row_key(new)
+    assert ladder.row_key(row(seed=ladder.config_seed(16))) == ladder.row_key(old)
+    md = ladder.markdown([old, new, dict(new, L=32, budget_s=4800.0, chain_budget_s=6000.0,
+                                         transfer_from="/x/L16/flow.pt")], HW)
+    header = cells(md.splitlines()[0])
+    got = [dict(zip(header, r)) for r in table_rows(md)[:3]]
+    assert [g["configs"] for g in got] == ["ladder", "ladder_cnf", "ladder_cnf"]
+    assert got[2]["budget used (rung / chain)"] == "4800 / 6000 CPU-s (1 thread)"
+    assert "* configs/ladder_cnf, L = 32, seed 16: initialised from the L = 16 flow" in md
+
+
+def test_start_of_a_flow_outside_a_rung_folder_names_its_path():
+    assert ladder.start_of(row(transfer_from="/tmp/run_a/flow.pt")) == "initialised from /tmp/run_a/flow.pt"
+    assert ladder.start_of(row(transfer_from="runs/L20/flow.pt")) == "initialised from the L = 20 flow"
 
 
 def test_row_without_seed_counts_as_its_config_seed():
