@@ -197,6 +197,16 @@ def trained_rung(run_dir: Path, cfg) -> tuple[int, float, str | None]:
     return int(summary["steps"]), float(summary["train_cpu_s"]), done.train.init_from
 
 
+def chain_budget_before(start: Path, rows: list[dict], configs: str) -> float | None:
+    """The chain budget of the row (of ``configs``) whose evaluated flow is the file ``start``
+    (a rung trained in that row's ``trained_in`` folder); None when no row made that flow."""
+    for r in rows:
+        if row_configs(r) == configs and r.get("trained_in") and r.get("chain_budget_s") is not None \
+                and same_file_bytes(Path(r["trained_in"]) / "flow.pt", start):
+            return float(r["chain_budget_s"])
+    return None
+
+
 def same_file_bytes(a: Path, b: Path) -> bool:
     """Whether two files exist and hold the same bytes (a flow.pt copied or linked elsewhere)."""
     try:
@@ -430,8 +440,12 @@ def main() -> int:
                     and same_file_bytes(Path(row["transfer_from"]), prev):
                 row["transfer_from"] = str(prev)  # trained from this chain's previous rung
             row["configs"] = args.configs
-            transferred = row["transfer_from"] is not None and i > 0
-            row["chain_budget_s"] = row["budget_s"] + (chain_budget if transferred else 0.0)
+            if row["transfer_from"] and (prev is None or row["transfer_from"] != str(prev)):
+                # not this chain's previous rung: a chain continued from a committed row's flow
+                chain_budget = chain_budget_before(Path(row["transfer_from"]), old_rows, args.configs)
+            started_here = row["transfer_from"] is None or chain_budget is None
+            row["chain_budget_s"] = None if row["transfer_from"] and chain_budget is None \
+                else row["budget_s"] + (0.0 if started_here else chain_budget)
             chain_budget = row["chain_budget_s"]
             if i == 0 and args.init_from:
                 row["init_desc"] = args.init_desc or f"the flow {args.init_from}"

@@ -140,3 +140,19 @@ def test_row_without_seed_counts_as_its_config_seed():
 def test_committed_markdown_is_the_rendering_of_the_committed_json():
     results = BENCH / "results"
     assert (results / "ladder.md").read_text() == ladder.render(results)
+
+
+def test_chain_budget_of_a_rung_started_from_a_committed_rows_flow(tmp_path):
+    """A rung evaluated later (--append) whose flow started from the flow of a committed row
+    continues that row's chain budget; a different file, or a row of another configs folder,
+    gives no chain budget (n/a), never a guess."""
+    (tmp_path / "L32").mkdir()
+    (tmp_path / "L32" / "flow.pt").write_bytes(b"weights of the L = 32 flow")
+    (tmp_path / "copy.pt").write_bytes(b"weights of the L = 32 flow")
+    (tmp_path / "other.pt").write_bytes(b"weights of another flow")
+    rows = [row(L=32, configs="configs/ladder_cnf", trained_in=str(tmp_path / "L32"),
+                chain_budget_s=6000.0)]
+    assert ladder.chain_budget_before(tmp_path / "copy.pt", rows, "configs/ladder_cnf") == 6000.0
+    assert ladder.chain_budget_before(tmp_path / "other.pt", rows, "configs/ladder_cnf") is None
+    assert ladder.chain_budget_before(tmp_path / "copy.pt", rows, "configs/ladder") is None
+    assert ladder.chain_budget_before(tmp_path / "missing.pt", rows, "configs/ladder_cnf") is None
