@@ -443,6 +443,7 @@ class SampleConfig:
     batch_size: int = 1024
     flow: str | None = None
     save_every: int = 1
+    cnf_steps: int | None = None
 
 
 _SAMPLE = {
@@ -452,6 +453,8 @@ _SAMPLE = {
     "batch_size": _Field("int", 1024, "a positive integer (proposals generated per flow call)", _pos),
     "flow": _Field("optional_path", None, "null (the run folder's flow.pt) or a path to a flow.pt"),
     "save_every": _Field("int", 1, "a positive integer (Metropolis steps per saved configuration)", _pos),
+    "cnf_steps": _Field("optional_int", None, "null (the RK4 steps the flow was trained with) or a "
+                        "positive integer (RK4 steps of every continuous layer while sampling)", _pos),
 }
 
 

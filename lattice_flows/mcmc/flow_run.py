@@ -35,6 +35,7 @@ import torch
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.faults import nan_injected
+from lattice_flows.flows.cnf import set_integration_steps
 from lattice_flows.flows.flow import Flow, build_flow
 from lattice_flows.io.checkpoint import (
     CheckpointError,
@@ -142,6 +143,10 @@ def _run(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
     action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
     flow_path = Path(sc.flow) if sc.flow else run_dir / "flow.pt"
     flow = load_flow(flow_path, shape, device, dtype, (cfg.action.m2, cfg.action.lam))
+    if sc.cnf_steps is not None:
+        n_layers = set_integration_steps(flow, sc.cnf_steps)
+        log.info("sampling with %d RK4 steps in %d continuous layer(s) (sample.cnf_steps)",
+                 sc.cnf_steps, n_layers)
     samples_path, ckpt_path = production_paths(run_dir, SAMPLES_NAME[mode][:-3], world)
     if ckpt_path.exists() or samples_path.exists():
         check_resumable(run_dir, cfg, ("sample",))

@@ -31,7 +31,7 @@ VALID = {
     "flow": {"n_layers": 2, "hidden_channels": [4], "kernel_size": 3, "equivariant": True,
              "activation": "silu", "fourier_layer": True},
     "train": {"steps": 2, "batch_size": 4, "lr": 0.001, "objective": "reverse"},
-    "sample": {"n_chains": 2, "n_samples": 4, "batch_size": 8},
+    "sample": {"n_chains": 2, "n_samples": 4, "batch_size": 8, "cnf_steps": None},
     "output": {"dir": "PLACEHOLDER", "chunk_rows": 10},
 }
 
@@ -159,6 +159,7 @@ ALLOWED = {
     ("hmc", "step_size"): lambda v: v == "auto" or _num_ok(lambda x: x > 0)(v),
     ("hmc", "target_acceptance"): _num_ok(lambda x: 0 < x < 1),
     ("hmc", "save_every"): _pos,
+    ("sample", "cnf_steps"): lambda v: v is None or _pos(v),
     ("hmc", "integrator"): _choice("leapfrog", "omelyan"),
     ("hmc", "jitter"): _num_ok(lambda x: 0 <= x < 1),
     ("flow", "n_layers"): _int_ok(lambda n: n > 0 and n % 2 == 0),
