@@ -256,7 +256,10 @@ def run_rung(L: int, raw: dict, work: Path, budget_scale: float, transfer_from: 
         "budget_s": round(train_cpu_s, 1), "budget_kind": budget_kind,
         "train_steps": steps, "epsilon": per_site_error(ev["ess"], math.prod(cfg.lattice.shape)), "trained_in": str(trained) if trained else None, "ess": ev["ess"], "acceptance": ev["acceptance"],
         "tau_int_absM": ev["tau_int_absM"], "tau_int_M2": ev["tau_int_M2"],
-        "proposals_per_s": ev["proposals_per_s"], "eval_samples": ev["n_samples"],
+        # per CPU-second of the one thread, like the costs (the wall-clock rate drops when
+        # another process shares the core); rows written before 2026-12-01: per wall-second
+        "proposals_per_s": 1.0 / cpu_per_proposal, "proposals_per_wall_s": ev["proposals_per_s"],
+        "eval_samples": ev["n_samples"],
         **hmc, "hmc_reused": bool(reuse_hmc), "xi_target": L / 4,
         "hmc_cpu_s_per_eff_M2": hmc_cost, "flow_cpu_s_per_eff_M2": flow_cost,
         "flow_cpu_s_per_eff_M2_amortised": flow_cost_amortised,
@@ -309,7 +312,8 @@ def markdown(rows: list[dict], hw: dict) -> str:
     lines.append(f"Hardware: {hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), "
                  f"CUDA: {hw['cuda']}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
                  "flow cost: CPU-s per proposal x 2 τ_int of the independence chain. "
-                 "Budget used: training CPU-seconds (`time.process_time`, one thread) or GPU-s where "
+                 "Proposals/s: per CPU-second of the evaluation (rows without a CPU capability: "
+                 "per wall-second). Budget used: training CPU-seconds (`time.process_time`, one thread) or GPU-s where "
                  "marked, of the rung and summed over its transfer chain (n/a: not recorded); ε = −ln(ESS/N)/V (docs/conventions.md, \"Flow quality at scale\"). "
                  f"Ref. step: CPU-ms per {REFERENCE['objective']} training step of the L = "
                  f"{REFERENCE['L']} ladder flow at batch {REFERENCE['batch']} "
