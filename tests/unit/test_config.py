@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from lattice_flows.cli import main
 from lattice_flows.config import ConfigError, apply_overrides, config_from_dict, load_config
@@ -140,3 +141,159 @@ def test_shipped_configs_are_valid():
 
     for path in sorted(Path(__file__).resolve().parents[2].joinpath("configs").rglob("*.yaml")):
         load_config(path)
+
+
+def test_tiny_couplings_are_refused_not_crashed():
+    """kappa so small that m2 or lam overflow, and a lam so small that the derived kappa does:
+    a ConfigError naming action.kappa (the code before pydantic raised ZeroDivisionError), and a
+    config without the (record-only) hopping form (it raised OverflowError)."""
+    for kappa in (1e-300, 1e-160):
+        with pytest.raises(ConfigError, match=r"action\.kappa.*not a finite number"):
+            config_from_dict(_with("action", {"kappa": kappa, "lam_hop": 0.1}))
+    cfg = config_from_dict(_with("action", {"m2": -5.0, "lam": 1e-300}))
+    assert (cfg.action.m2, cfg.action.lam, cfg.action.kappa) == (-5.0, 1e-300, None)
+
+
+def test_configs_are_frozen_comparable_hashable_and_replaceable():
+    """Frozen dataclasses (pydantic): equal configs compare and hash equal, dataclasses.replace
+    validates the new value, and sections built in code coerce lists as the YAML path does."""
+    import dataclasses
+
+    from lattice_flows.config import FlowConfig
+
+    a, b = config_from_dict(GOOD), config_from_dict(copy.deepcopy(GOOD))
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.hmc.n_chains = 3  # type: ignore[misc]
+    c = dataclasses.replace(a, hmc=dataclasses.replace(a.hmc, n_chains=8))
+    assert c.hmc.n_chains == 8 and c != a and a.hmc.n_chains == 4
+    with pytest.raises(ValueError, match="n_chains"):
+        dataclasses.replace(a.hmc, n_chains=0)
+    odd = dataclasses.replace(FlowConfig(), conditioner="odd", activation="softsign")
+    assert odd.conditioner == "odd" and FlowConfig(hidden_channels=[8]).hidden_channels == (8,)
+    with pytest.raises(ValueError, match="tanh or softsign"):
+        dataclasses.replace(FlowConfig(), conditioner="odd")
+
+
+# Written by the code before pydantic (commit 110a260, hand-written validation): the record
+# `lattice-flows train` left in a run folder for RAW_BEFORE (kappa-lambda couplings, every section).
+RAW_BEFORE = """\
+lattice: {shape: [4, 4]}
+action: {kappa: 0.28, lam_hop: 0.02}
+seed: 3
+device: cpu
+dtype: float32
+hmc: {n_chains: 2, n_therm: 20, n_traj: 4, n_steps: 2}
+flow: {n_layers: 2, hidden_channels: [4], cnf_layers: 1, cnf_steps: 2}
+train: {steps: 2, batch_size: 4, lr: 3e-3, eval_samples: 8, eval_batch_size: 8, time_budget: 100}
+sample: {n_chains: 2, n_samples: 4, batch_size: 8}
+output: {dir: /tmp/i14b_old/run, chunk_rows: 10}
+"""
+RECORD_BEFORE = """\
+# lattice_flows resolved config
+# package_version: 0.1.0
+# git_commit: 110a2602d89c7b245805ffbd0526ad40bd43cbfc
+# seed: 3
+# hostname: vm
+# mpi_size: 1
+# rank: 0
+# created: 2026-12-01T14:03:11.778632+00:00
+lattice:
+  shape:
+  - 4
+  - 4
+action:
+  m2: -0.5714285714285721
+  lam: 0.2551020408163265
+  kappa: 0.28
+  lam_hop: 0.02
+  given_as: kappa-lambda
+seed: 3
+device: cpu
+dtype: float32
+output:
+  dir: /tmp/i14b_old/run
+  chunk_rows: 10
+  store_G: true
+hmc:
+  n_chains: 2
+  n_therm: 20
+  n_traj: 4
+  n_steps: 2
+  step_size: auto
+  target_acceptance: 0.8
+  save_every: 1
+  integrator: leapfrog
+  jitter: 0.5
+  dtype: float64
+train:
+  steps: 2
+  batch_size: 4
+  lr: 0.003
+  lr_schedule: cosine
+  warmup_steps: 0
+  optimizer: adam
+  weight_decay: 0.0
+  objective: reverse
+  data: null
+  alpha: 0.5
+  alpha_final: null
+  grad_clip: 10.0
+  max_nonfinite: 20
+  log_every: 50
+  checkpoint_every: 500
+  init_from: null
+  init_from_missing: error
+  eval_samples: 8
+  eval_batch_size: 8
+  time_budget: 100.0
+  sign_flip: true
+  validation_fraction: 0.1
+sample:
+  mode: mcmc
+  n_chains: 2
+  n_samples: 4
+  batch_size: 8
+  flow: null
+  save_every: 1
+  cnf_steps: null
+flow:
+  n_layers: 2
+  hidden_channels:
+  - 4
+  kernel_size: 3
+  equivariant: true
+  conditioner: symmetrized
+  global_channels: 8
+  activation: silu
+  fourier_layer: true
+  fourier_m2_init: auto
+  zero_mode_layer: false
+  bijection: affine
+  identity_init: true
+  cnf_layers: 1
+  cnf_steps: 2
+  cnf_frequencies: 8
+  cnf_time_basis: 5
+  cnf_lipschitz_max: 3.0
+"""
+
+
+def test_run_folder_records_written_before_pydantic_read_back(tmp_path):
+    """An old run folder's config.train.yaml loads, equals the config it was started with (the
+    couplings as (m2, lam), as the resume check compares them), and today's code writes the same
+    bytes for that config; flow.pt's stored flow section rebuilds the same FlowConfig."""
+    from lattice_flows.config import FlowConfig
+    from lattice_flows.io.runfolder import config_yaml, diff_configs, read_run_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.train.yaml").write_text(RECORD_BEFORE)
+    cfg = config_from_dict(yaml.safe_load(RAW_BEFORE))
+    stored = read_run_config(run, "train", cfg)
+    assert stored is not None
+    assert [k for k in diff_configs(stored.to_dict(), cfg.to_dict()) if not k.startswith("action.")] == []
+    assert (stored.action.m2, stored.action.lam) == (cfg.action.m2, cfg.action.lam)
+    body = "".join(line for line in RECORD_BEFORE.splitlines(keepends=True) if not line.startswith("#"))
+    assert config_yaml(cfg) == body
+    assert FlowConfig(**yaml.safe_load(body)["flow"]) == cfg.flow == stored.flow

@@ -1,0 +1,397 @@
+"""The config schema: one frozen pydantic dataclass per section, every key declared once.
+
+``name: Kind = key(default, allowed, note)`` is the whole declaration of a key (kinds in
+:mod:`lattice_flows.config.kinds`): its type and bounds, its one default, the allowed values in
+words (the error message quotes them) and a remark for the README table. Rules that join keys
+(a flow needs coupling or continuous layers, an odd conditioner an odd activation, a forward
+objective data, a flow even extents) sit on the section or on :class:`Config` and raise
+:class:`ConfigError` with their own message. Couplings may be given as ``{m2, lam}`` or
+``{kappa, lam_hop}`` (docs/conventions.md, "Hopping parametrization"); both are converted to
+(m2, lam) once, here, and both are kept in the resolved config.
+"""
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs, PydanticCustomError
+
+from lattice_flows.config.kinds import (
+    ConfigError, EvenNonNegInt, Flag, NonNegInt, PathText, PosInt, PosIntList, PosOddInt, fmt,
+    key, number, number_at,
+)
+from lattice_flows.theory.phi4 import hopping_to_standard, standard_to_hopping
+
+_FROZEN = ConfigDict(extra="forbid")
+
+PosNumber = number(gt=0)
+NonNegNumber = number(ge=0)
+UnitInterval = number(ge=0, le=1)
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class LatticeConfig:
+    """Periodic hypercubic lattice of extents ``shape`` = (L_1, ..., L_d) (docs/conventions.md)."""
+
+    shape: PosIntList = key(..., "a list of positive integer extents, e.g. [8, 8]",
+                            "every extent even with a flow (checkerboard couplings)")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def volume(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class ActionConfig:
+    """phi^4 couplings, always resolved to the default (m2, lam) parametrization.
+
+    ``kappa``/``lam_hop`` hold the hopping parametrization (given or derived) for the record:
+    m2 = (1 - 2 lam_hop)/kappa - 2d, lam = lam_hop/kappa^2 (docs/conventions.md).
+    """
+
+    # the values parse_action resolved (the raw mapping is checked there)
+    m2: float = key(..., "a finite real number (mass squared)")
+    lam: float = key(..., "a finite number >= 0 (quartic coupling; lam = 0 needs m2 > 0)")
+    kappa: float | None = key(None, "a finite number > 0 (hopping parameter)")
+    lam_hop: float | None = key(None, "a finite number >= 0 (quartic coupling of the hopping form)")
+    given_as: Literal["m2-lambda", "kappa-lambda"] = key("m2-lambda", note="resolved: the pair given")
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class HMCConfig:
+    """Hybrid Monte Carlo settings (see :mod:`lattice_flows.mcmc.hmc`)."""
+
+    n_chains: PosInt = key(16, "a positive integer")
+    n_therm: NonNegInt = key(200, "an integer >= 0")
+    n_traj: PosInt = key(1000, "a positive integer")
+    n_steps: PosInt = key(10, "a positive integer (leapfrog steps per trajectory)")
+    step_size: Literal["auto"] | PosNumber = key(
+        "auto", "'auto' or a positive step size", "auto: dual averaging during thermalisation, then frozen")
+    target_acceptance: number(gt=0, lt=1) = key(0.8, "a number in (0, 1)")
+    save_every: PosInt = key(1, "a positive integer (trajectories per saved configuration)")
+    integrator: Literal["leapfrog", "omelyan"] = key("leapfrog")
+    jitter: number(ge=0, lt=1) = key(0.5, "a number in [0, 1) (relative spread of the number of steps)")
+    dtype: Literal["float64", "float32"] = key(
+        "float64", note="HMC's own precision, independent of the top-level dtype; stored "
+        "configurations are float32 either way")
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class FlowConfig:
+    """Flow architecture (see :mod:`lattice_flows.flows`)."""
+
+    n_layers: EvenNonNegInt = key(
+        16, "an even integer >= 0 (coupling layers; 0 only with other layers)")
+    hidden_channels: PosIntList = key(
+        (32, 32), "a list of positive integers (conv channels per hidden layer)")
+    kernel_size: PosOddInt = key(3, "a positive odd integer")
+    equivariant: Flag = key(True, "true (exact Z2 equivariance) or false")
+    conditioner: Literal["symmetrized", "odd", "global", "global_local"] = key(
+        "symmetrized", note="symmetrized: net on x and -x, parity parts (any activation); odd: odd "
+        "net in one pass (half the convolutions; tanh or softsign); global: lattice-sized FFT "
+        "kernels in phat^2 on odd/even site features, exactly Z2 and D4 "
+        "(docs/ablation_ladder.md); global_local: plus the symmetrized local net")
+    global_channels: PosInt = key(
+        8, "a positive integer (odd and even kernel fields of flow.conditioner = 'global')")
+    # silu: as good as tanh/gelu in the ablation and ~10x cheaper per element than tanh on CPU
+    activation: Literal["tanh", "leaky_relu", "gelu", "silu", "relu", "softsign"] = key("silu")
+    fourier_layer: Flag = key(True, "true or false (learnable Fourier-space Gaussian layer)")
+    fourier_m2_init: Literal["auto"] | PosNumber = key(
+        "auto", "'auto' (m2 if m2 > 0, else 1) or a positive mass squared")
+    zero_mode_layer: Flag = key(
+        False, "true or false (learnable monotone map of the magnetisation, first layer)")
+    bijection: Literal["affine"] = key("affine")
+    identity_init: Flag = key(
+        True, "true (last conv of each conditioner starts at zero: the fresh flow is the "
+        "identity) or false (PyTorch's default init, as in the published tutorial)")
+    # continuous equivariant layers (lattice_flows/flows/cnf.py), after the Fourier layer
+    cnf_layers: NonNegInt = key(
+        0, "an integer >= 0 (continuous equivariant layers; 0 = off)",
+        "after the Fourier layer; flow.n_layers may then be 0")
+    # 16: |integrated - true log-det| ~1e-5 per configuration at trained L = 16 (8: ~2.5e-4)
+    cnf_steps: PosInt = key(16, "a positive integer (fixed RK4 steps per continuous layer)")
+    cnf_frequencies: PosInt = key(
+        8, "a positive integer (sin(omega phi) features per continuous layer)")
+    cnf_time_basis: PosInt = key(5, "a positive integer (Fourier time functions of the kernels)")
+    cnf_lipschitz_max: PosNumber = key(
+        3.0, "a positive number (bound on the vector field's Lipschitz constant; keep "
+        "cnf_lipschitz_max / cnf_steps <= ~0.4 for RK4 accuracy)")
+
+    @model_validator(mode="after")
+    def _layers_fit_together(self) -> "FlowConfig":
+        if self.n_layers == 0 and self.cnf_layers == 0:
+            raise ConfigError(
+                "config key 'flow.n_layers': value 0 is not allowed with flow.cnf_layers = 0; "
+                "the flow needs coupling or continuous layers (n_layers > 0 or cnf_layers > 0)."
+            )
+        if self.conditioner == "odd" and not self.equivariant:
+            raise ConfigError(
+                "config key 'flow.conditioner': value 'odd' is an exactly Z2-equivariant net; it "
+                "is not allowed with flow.equivariant = false (use 'symmetrized')."
+            )
+        if self.conditioner in ("global", "global_local") and not self.equivariant:
+            raise ConfigError(
+                f"config key 'flow.conditioner': value '{self.conditioner}' is an exactly "
+                "Z2-equivariant conditioner; it is not allowed with flow.equivariant = false."
+            )
+        if self.conditioner == "odd" and self.activation not in ("tanh", "softsign"):
+            raise ConfigError(
+                f"config key 'flow.activation': value '{self.activation}' is not allowed with "
+                "flow.conditioner = 'odd', which needs an odd activation: tanh or softsign."
+            )
+        return self
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class TrainConfig:
+    """Flow training (see :mod:`lattice_flows.training`)."""
+
+    steps: PosInt = key(2000, "a positive integer (optimizer steps)")
+    batch_size: PosInt = key(256, "a positive integer (global batch size)")
+    lr: PosNumber = key(3e-3, "a positive learning rate")
+    lr_schedule: Literal["cosine", "constant"] = key("cosine")
+    warmup_steps: NonNegInt = key(0, "an integer >= 0 (linear warm-up steps)")
+    optimizer: Literal["adam", "adamw"] = key("adam")
+    weight_decay: NonNegNumber = key(0.0, "a number >= 0")
+    objective: Literal["reverse", "path_gradient", "path_gradient_fast", "forward", "mixed"] = key(
+        "reverse", note="forward and mixed need train.data")
+    data: PathText | None = key(
+        None, "a path to a lattice_flows HDF5 sample file (e.g. hmc.h5) or null")
+    alpha: UnitInterval = key(0.5, "a number in [0, 1] (weight of reverse KL in 'mixed')")
+    alpha_final: UnitInterval | None = key(
+        None, "null or a number in [0, 1] (alpha at the last step; linear schedule)")
+    grad_clip: NonNegNumber = key(10.0, "a number >= 0 (max gradient norm; 0 = off)")
+    max_nonfinite: PosInt = key(
+        20, "a positive integer (consecutive non-finite steps before stopping)")
+    log_every: PosInt = key(50, "a positive integer (steps between metric records)")
+    checkpoint_every: PosInt = key(500, "a positive integer (steps between checkpoints)")
+    init_from: PathText | None = key(
+        None, "null or a path to a flow checkpoint (flow.pt or train.ckpt)")
+    init_from_missing: Literal["error", "fresh"] = key(
+        "error", note="init_from absent: stop and name the run to train first (error), or "
+        "start a fresh flow with a warning in the log (fresh)")
+    eval_samples: PosInt = key(
+        10240, "a positive integer (fresh samples for the final ESS/acceptance)")
+    eval_batch_size: PosInt = key(512, "a positive integer")
+    time_budget: PosNumber | None = key(
+        None, "null or a positive number of CPU-seconds for training")
+    sign_flip: Flag = key(True, "true or false (random Z2 sign flips of training data)")
+    validation_fraction: number(ge=0, le=0.5) = key(
+        0.1, "a number in [0, 0.5] (share of data rows held out for the validation NLL)")
+
+    @model_validator(mode="after")
+    def _data_for_data_objectives(self) -> "TrainConfig":
+        if self.objective in ("forward", "mixed") and not self.data:
+            raise ConfigError(
+                f"config key 'train.data' is missing; objective '{self.objective}' needs "
+                "training configurations: the path of a lattice_flows HDF5 sample file (e.g. hmc.h5)."
+            )
+        return self
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class SampleConfig:
+    """Flow production (see :mod:`lattice_flows.mcmc.flow_run`)."""
+
+    mode: Literal["mcmc", "importance"] = key("mcmc")
+    n_chains: PosInt = key(16, "a positive integer (independent chains)")
+    n_samples: PosInt = key(
+        1000, "a positive integer (Metropolis steps per chain, or samples per column in "
+        "importance mode)")
+    batch_size: PosInt = key(1024, "a positive integer (proposals generated per flow call)")
+    flow: PathText | None = key(None, "null (the run folder's flow.pt) or a path to a flow.pt")
+    save_every: PosInt = key(1, "a positive integer (Metropolis steps per saved configuration)")
+    cnf_steps: PosInt | None = key(
+        None, "null (the RK4 steps the flow was trained with) or a positive integer (RK4 steps "
+        "of every continuous layer while sampling)")
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class OutputConfig:
+    """Where a run writes: the run folder, and rows per chunk write/checkpoint."""
+
+    dir: PathText = key("runs/default", "a non-empty path to the run folder")
+    chunk_rows: PosInt = key(100, "a positive integer (saved rows per chunk write and checkpoint)")
+    store_G: Flag = key(True, "true or false (store the full G(y) per configuration)")
+
+
+SECTIONS: dict[str, type] = {
+    "lattice": LatticeConfig, "hmc": HMCConfig, "flow": FlowConfig, "train": TrainConfig,
+    "sample": SampleConfig, "output": OutputConfig,
+}
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class Config:
+    """A validated run configuration (every section frozen; equal configs compare and hash
+    equal). Build it with :func:`lattice_flows.config.config_from_dict`."""
+
+    lattice: LatticeConfig
+    action: ActionConfig
+    seed: NonNegInt = key(0, "an integer >= 0")
+    device: Literal["auto", "cpu", "cuda"] = key("auto", note="auto: CUDA when present")
+    dtype: Literal["float32", "float64"] = key(
+        "float32", note="the flow's precision; log q and log w are accumulated in float64 either "
+        "way; HMC has its own hmc.dtype")
+    hmc: HMCConfig | None = None
+    flow: FlowConfig | None = None
+    train: TrainConfig | None = None
+    sample: SampleConfig | None = None
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_present(cls, raw: Any) -> Any:
+        if isinstance(raw, ArgsKwargs):  # built in code: keyword arguments
+            return raw
+        top = ", ".join(f.name for f in dataclasses.fields(cls))
+        if not isinstance(raw, dict):
+            raise ConfigError(f"the config must be a mapping with sections {top}; got {fmt(raw)}.")
+        unknown = [k for k in raw if k not in cls.__pydantic_fields__]
+        if unknown:
+            raise ConfigError(f"config: unknown section '{unknown[0]}'; allowed sections are {top}.")
+        for sec in ("lattice", "action"):
+            if sec not in raw:
+                raise ConfigError(f"config section '{sec}' is missing; it is required.")
+        return raw
+
+    @field_validator(*SECTIONS, mode="before")
+    @classmethod
+    def _section_mapping(cls, raw: Any, info: ValidationInfo) -> Any:
+        """A section is a mapping of its own keys; null means every default."""
+        name, section = info.field_name, SECTIONS[info.field_name]
+        if raw is None:
+            return {}
+        if isinstance(raw, section):
+            return raw
+        names = ", ".join(f.name for f in dataclasses.fields(section))
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"config section '{name}': expected a mapping of keys ({names}), got {fmt(raw)}."
+            )
+        unknown = [k for k in raw if k not in section.__pydantic_fields__]
+        if unknown:
+            raise ConfigError(
+                f"config section '{name}': unknown key '{unknown[0]}'; allowed keys are {names}."
+            )
+        return raw
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _couplings(cls, raw: Any, info: ValidationInfo) -> Any:
+        if isinstance(raw, ActionConfig):
+            return raw
+        lattice = info.data.get("lattice")
+        if lattice is None:  # reported as the lattice's error, which comes first
+            raise PydanticCustomError("needs_lattice", "the couplings need a valid lattice")
+        return parse_action(raw, lattice.ndim)
+
+    @field_validator("flow", mode="after")
+    @classmethod
+    def _even_extents(cls, flow: FlowConfig | None, info: ValidationInfo) -> FlowConfig | None:
+        lattice = info.data.get("lattice")
+        if flow is not None and lattice is not None and any(n % 2 for n in lattice.shape):
+            raise ConfigError(
+                f"config key 'lattice.shape': value {list(lattice.shape)} is not allowed with a "
+                "flow; checkerboard couplings need every extent even."
+            )
+        return flow
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (YAML-safe), both parametrizations included."""
+        out: dict[str, Any] = {
+            "lattice": {"shape": list(self.lattice.shape)},
+            "action": dataclasses.asdict(self.action),
+            "seed": self.seed,
+            "device": self.device,
+            "dtype": self.dtype,
+            "output": dataclasses.asdict(self.output),
+        }
+        for name in ("hmc", "train", "sample", "flow"):
+            section = getattr(self, name)
+            if section is not None:
+                out[name] = dataclasses.asdict(section)
+        if self.flow is not None:
+            out["flow"]["hidden_channels"] = list(self.flow.hidden_channels)
+        return out
+
+
+def parse_action(raw: Any, ndim: int) -> ActionConfig:
+    """The couplings of a raw ``action`` mapping, given as {m2, lam} or {kappa, lam_hop}
+    (m2 = (1 - 2 lam_hop)/kappa - 2d, lam = lam_hop/kappa^2, docs/conventions.md)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            "config section 'action': expected a mapping with either {m2, lam} or "
+            f"{{kappa, lam_hop}}, got {fmt(raw)}."
+        )
+    unknown = [k for k in raw if k not in ("m2", "lam", "kappa", "lam_hop")]
+    if unknown:
+        raise ConfigError(
+            f"config section 'action': unknown key '{unknown[0]}'; allowed keys are "
+            "m2, lam (default parametrization) or kappa, lam_hop (hopping parametrization)."
+        )
+    std, hop = {"m2", "lam"} & set(raw), {"kappa", "lam_hop"} & set(raw)
+    if std and hop:
+        raise ConfigError(
+            "config section 'action': give either {m2, lam} or {kappa, lam_hop}, not a mix "
+            f"(got {', '.join(sorted(raw))})."
+        )
+    real = "a finite real number"
+    if hop:
+        for k in ("kappa", "lam_hop"):
+            if k not in raw:
+                raise ConfigError(f"config key 'action.{k}' is missing; expected a finite number.")
+        kappa = number_at("action.kappa", raw["kappa"], real)
+        lam_hop = number_at("action.lam_hop", raw["lam_hop"], real)
+        if kappa <= 0:
+            raise ConfigError(
+                f"config key 'action.kappa': value {kappa!r} is not allowed; expected kappa > 0."
+            )
+        if lam_hop < 0:
+            raise ConfigError(
+                f"config key 'action.lam_hop': value {lam_hop!r} is not allowed; expected "
+                "lam_hop >= 0 (the action is unbounded below otherwise)."
+            )
+        try:
+            m2, lam = hopping_to_standard(kappa, lam_hop, ndim)
+        except (ZeroDivisionError, OverflowError):
+            m2 = lam = math.inf
+        if not (math.isfinite(m2) and math.isfinite(lam)):
+            raise ConfigError(
+                f"config key 'action.kappa': value {kappa!r} is not allowed; kappa is so small "
+                "that m2 = (1 - 2 lam_hop)/kappa - 2d or lam = lam_hop/kappa^2 is not a finite number."
+            )
+        given = "kappa-lambda"
+    else:
+        for k in ("m2", "lam"):
+            if k not in raw:
+                raise ConfigError(
+                    f"config key 'action.{k}' is missing; expected a finite number "
+                    "(or give kappa and lam_hop instead)."
+                )
+        m2 = number_at("action.m2", raw["m2"], real)
+        lam = number_at("action.lam", raw["lam"], real)
+        kappa = lam_hop = None
+        given = "m2-lambda"
+    if lam < 0:
+        raise ConfigError(
+            f"config key 'action.lam': value {lam!r} is not allowed; expected lam >= 0 "
+            "(the action is unbounded below otherwise)."
+        )
+    if lam == 0 and m2 <= 0:
+        raise ConfigError(
+            f"config key 'action.m2': value {m2!r} is not allowed with lam = 0; the free field "
+            "needs m2 > 0 (the Gaussian is not normalizable otherwise)."
+        )
+    if kappa is None:
+        try:
+            kappa, lam_hop = standard_to_hopping(m2, lam, ndim)
+        except (ValueError, ArithmeticError):  # no kappa > 0, or one beyond the float range
+            kappa = lam_hop = None
+    return ActionConfig(m2=m2, lam=lam, kappa=kappa, lam_hop=lam_hop, given_as=given)
