@@ -5,7 +5,7 @@ allowed)``: the kind (a type below with its bounds), the one default, and the al
 words, which both the error message and the README table quote. The kinds are exactly what a
 YAML file (``yaml.safe_load``) can spell:
 
-- integers are ints, never bools or floats (``Int``, ``PosInt``, ``NonNegInt``);
+- integers are ints, never bools or floats (``PosInt``, ``NonNegInt``, ...);
 - numbers are ints or floats, not bools, finite, or strings that read as a plain decimal literal
   (YAML 1.1 leaves ``3e-3`` a string; Python's ``float`` would also read ``' 1'`` or ``'1_0'``),
   always stored as float (``number``);

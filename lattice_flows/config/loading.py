@@ -38,18 +38,21 @@ def _as_config_error(exc: ValidationError, raw: dict[str, Any]) -> ConfigError:
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, ConfigError):  # a rule with its own message (schema validators)
         return cause
-    path, decl, raw_path = _declaration(first["loc"])
-    choices = typing.get_args(decl.annotation) if typing.get_origin(decl.annotation) is typing.Literal else ()
+    try:
+        path, decl, raw_path = _declaration(first["loc"])
+    except (KeyError, IndexError):  # not a declared key: say what pydantic says, on one line
+        where = ".".join(map(str, first["loc"])) or "config"
+        return ConfigError(f"config key '{where}': {first['msg']}.")
     allowed = decl.description or ""
     if first["type"] == "missing":
         return ConfigError(f"config key '{path}' is missing; expected {allowed}.")
     value = raw
     for k in raw_path:
         value = value[k]
-    if choices:
+    if typing.get_origin(decl.annotation) is typing.Literal:
+        choices = ", ".join(typing.get_args(decl.annotation))
         return ConfigError(
-            f"config key '{path}': value {fmt(value)} is not allowed; "
-            f"expected one of {', '.join(choices)}."
+            f"config key '{path}': value {fmt(value)} is not allowed; expected one of {choices}."
         )
     for err in errors:  # a union (e.g. 'auto' or a number) reports one error per member
         if err["type"] == "finite_number" and err["loc"][: len(raw_path)] == raw_path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import subprocess
 import sys
 
@@ -146,12 +147,15 @@ def test_shipped_configs_are_valid():
 def test_tiny_couplings_are_refused_not_crashed():
     """kappa so small that m2 or lam overflow, and a lam so small that the derived kappa does:
     a ConfigError naming action.kappa (the code before pydantic raised ZeroDivisionError), and a
-    config without the (record-only) hopping form (it raised OverflowError)."""
+    config without the (record-only) hopping form (it raised OverflowError); an integer beyond
+    the float range is refused like any other non-number."""
     for kappa in (1e-300, 1e-160):
         with pytest.raises(ConfigError, match=r"action\.kappa.*not a finite number"):
             config_from_dict(_with("action", {"kappa": kappa, "lam_hop": 0.1}))
     cfg = config_from_dict(_with("action", {"m2": -5.0, "lam": 1e-300}))
     assert (cfg.action.m2, cfg.action.lam, cfg.action.kappa) == (-5.0, 1e-300, None)
+    with pytest.raises(ConfigError, match=r"action\.m2.*not allowed"):  # beyond float (was OverflowError)
+        config_from_dict(_with("action", {"m2": 10**400, "lam": 1.0}))
 
 
 def test_configs_are_frozen_comparable_hashable_and_replaceable():
@@ -297,3 +301,209 @@ def test_run_folder_records_written_before_pydantic_read_back(tmp_path):
     body = "".join(line for line in RECORD_BEFORE.splitlines(keepends=True) if not line.startswith("#"))
     assert config_yaml(cfg) == body
     assert FlowConfig(**yaml.safe_load(body)["flow"]) == cfg.flow == stored.flow
+
+
+# The wording of the code before pydantic (generated from its module, commit 110a260): one
+# refusal at every key, "config key '<key>': value <value> is not allowed; expected <expected>."
+REFUSALS_BEFORE = [
+    ('lattice.shape', 'fast', 'a list of positive integer extents, e.g. [8, 8]'),
+    ('hmc.n_chains', 'fast', 'a positive integer'),
+    ('hmc.n_therm', 'fast', 'an integer >= 0'),
+    ('hmc.n_traj', 'fast', 'a positive integer'),
+    ('hmc.n_steps', 'fast', 'a positive integer (leapfrog steps per trajectory)'),
+    ('hmc.step_size', 'fast', "'auto' or a positive step size"),
+    ('hmc.target_acceptance', 'fast', 'a number in (0, 1)'),
+    ('hmc.save_every', 'fast', 'a positive integer (trajectories per saved configuration)'),
+    ('hmc.integrator', 'fast', 'one of leapfrog, omelyan'),
+    ('hmc.jitter', 'fast', 'a number in [0, 1) (relative spread of the number of steps)'),
+    ('hmc.dtype', 'fast', 'one of float64, float32'),
+    ('flow.n_layers', 'fast', 'an even integer >= 0 (coupling layers; 0 only with other layers)'),
+    ('flow.hidden_channels', 'fast',
+     'a list of positive integers (conv channels per hidden layer)'),
+    ('flow.kernel_size', 'fast', 'a positive odd integer'),
+    ('flow.equivariant', 'fast', 'true (exact Z2 equivariance) or false'),
+    ('flow.conditioner', 'fast', 'one of symmetrized, odd, global, global_local'),
+    ('flow.global_channels', 'fast',
+     "a positive integer (odd and even kernel fields of flow.conditioner = 'global')"),
+    ('flow.activation', 'fast', 'one of tanh, leaky_relu, gelu, silu, relu, softsign'),
+    ('flow.fourier_layer', 'fast', 'true or false (learnable Fourier-space Gaussian layer)'),
+    ('flow.zero_mode_layer', 'fast',
+     'true or false (learnable monotone map of the magnetisation, first layer)'),
+    ('flow.fourier_m2_init', 'fast', "'auto' (m2 if m2 > 0, else 1) or a positive mass squared"),
+    ('flow.bijection', 'fast', 'one of affine'),
+    ('flow.identity_init', 'fast',
+     'true (last conv of each conditioner starts at zero: the fresh flow is the identity) '
+     "or false (PyTorch's default init, as in the published tutorial)"),
+    ('flow.cnf_layers', 'fast', 'an integer >= 0 (continuous equivariant layers; 0 = off)'),
+    ('flow.cnf_steps', 'fast', 'a positive integer (fixed RK4 steps per continuous layer)'),
+    ('flow.cnf_frequencies', 'fast',
+     'a positive integer (sin(omega phi) features per continuous layer)'),
+    ('flow.cnf_time_basis', 'fast', 'a positive integer (Fourier time functions of the kernels)'),
+    ('flow.cnf_lipschitz_max', 'fast',
+     "a positive number (bound on the vector field's Lipschitz constant; keep "
+     'cnf_lipschitz_max / cnf_steps <= ~0.4 for RK4 accuracy)'),
+    ('train.steps', 'fast', 'a positive integer (optimizer steps)'),
+    ('train.batch_size', 'fast', 'a positive integer (global batch size)'),
+    ('train.lr', 'fast', 'a positive learning rate'),
+    ('train.lr_schedule', 'fast', 'one of cosine, constant'),
+    ('train.warmup_steps', 'fast', 'an integer >= 0 (linear warm-up steps)'),
+    ('train.optimizer', 'fast', 'one of adam, adamw'),
+    ('train.weight_decay', 'fast', 'a number >= 0'),
+    ('train.objective', 'fast',
+     'one of reverse, path_gradient, path_gradient_fast, forward, mixed'),
+    ('train.data', -1, 'a path to a lattice_flows HDF5 sample file (e.g. hmc.h5) or null'),
+    ('train.alpha', 'fast', "a number in [0, 1] (weight of reverse KL in 'mixed')"),
+    ('train.alpha_final', 'fast',
+     'null or a number in [0, 1] (alpha at the last step; linear schedule)'),
+    ('train.grad_clip', 'fast', 'a number >= 0 (max gradient norm; 0 = off)'),
+    ('train.max_nonfinite', 'fast',
+     'a positive integer (consecutive non-finite steps before stopping)'),
+    ('train.log_every', 'fast', 'a positive integer (steps between metric records)'),
+    ('train.checkpoint_every', 'fast', 'a positive integer (steps between checkpoints)'),
+    ('train.init_from', -1, 'null or a path to a flow checkpoint (flow.pt or train.ckpt)'),
+    ('train.init_from_missing', 'fast', 'one of error, fresh'),
+    ('train.eval_samples', 'fast',
+     'a positive integer (fresh samples for the final ESS/acceptance)'),
+    ('train.eval_batch_size', 'fast', 'a positive integer'),
+    ('train.time_budget', 'fast', 'null or a positive number of CPU-seconds for training'),
+    ('train.sign_flip', 'fast', 'true or false (random Z2 sign flips of training data)'),
+    ('train.validation_fraction', 'fast',
+     'a number in [0, 0.5] (share of data rows held out for the validation NLL)'),
+    ('sample.mode', 'fast', 'one of mcmc, importance'),
+    ('sample.n_chains', 'fast', 'a positive integer (independent chains)'),
+    ('sample.n_samples', 'fast',
+     'a positive integer (Metropolis steps per chain, or samples per column in importance '
+     'mode)'),
+    ('sample.batch_size', 'fast', 'a positive integer (proposals generated per flow call)'),
+    ('sample.flow', -1, "null (the run folder's flow.pt) or a path to a flow.pt"),
+    ('sample.save_every', 'fast', 'a positive integer (Metropolis steps per saved configuration)'),
+    ('sample.cnf_steps', 'fast',
+     'null (the RK4 steps the flow was trained with) or a positive integer (RK4 steps of '
+     'every continuous layer while sampling)'),
+    ('output.dir', -1, 'a non-empty path to the run folder'),
+    ('output.chunk_rows', 'fast', 'a positive integer (saved rows per chunk write and checkpoint)'),
+    ('output.store_G', 'fast', 'true or false (store the full G(y) per configuration)'),
+    ('seed', 'x', 'an integer >= 0'),
+    ('device', 1, 'one of auto, cpu, cuda'),
+    ('dtype', None, 'one of float32, float64'),
+    ('action.m2', 'big', 'a finite real number'),
+    ('action.lam', -1.0, 'lam >= 0 (the action is unbounded below otherwise)'),
+    ('hmc.step_size', 0, "'auto' or a positive step size"),
+    ('hmc.target_acceptance', '1.5', 'a number in (0, 1)'),
+    ('flow.hidden_channels', [4, True],
+     'a list of positive integers (conv channels per hidden layer)'),
+    ('flow.kernel_size', 4, 'a positive odd integer'),
+    ('flow.n_layers', 3, 'an even integer >= 0 (coupling layers; 0 only with other layers)'),
+    ('lattice.shape', [], 'a list of positive integer extents, e.g. [8, 8]'),
+]
+
+# and every other kind of message (non-finite, missing, unknown, not a mapping, cross-key rules)
+SPECIAL_BEFORE = [
+    ({'hmc.jitter': math.nan},
+     "config key 'hmc.jitter': value nan is not a finite number; expected a number in [0, "
+     '1) (relative spread of the number of steps).'),
+    ({'train.lr': '1e999'},
+     "config key 'train.lr': value inf is not a finite number; expected a positive "
+     'learning rate.'),
+    ({'action.lam': math.inf},
+     "config key 'action.lam': value inf is not a finite number; expected a finite real "
+     'number.'),
+    ({'train.time_budget': -math.inf},
+     "config key 'train.time_budget': value -inf is not a finite number; expected null or "
+     'a positive number of CPU-seconds for training.'),
+    ({'lattice.shape': _DELETE},
+     "config key 'lattice.shape' is missing; expected a list of positive integer extents, "
+     'e.g. [8, 8].'),
+    ({'action': {'m2': 1.0}},
+     "config key 'action.lam' is missing; expected a finite number (or give kappa and "
+     'lam_hop instead).'),
+    ({'action': {'lam_hop': 0.1}},
+     "config key 'action.kappa' is missing; expected a finite number."),
+    ({'hmc.bogus': 1},
+     "config section 'hmc': unknown key 'bogus'; allowed keys are n_chains, n_therm, "
+     'n_traj, n_steps, step_size, target_acceptance, save_every, integrator, jitter, '
+     'dtype.'),
+    ({'bogus': {}},
+     "config: unknown section 'bogus'; allowed sections are lattice, action, seed, "
+     'device, dtype, hmc, flow, train, sample, output.'),
+    ({'train': [1]},
+     "config section 'train': expected a mapping of keys (steps, batch_size, lr, "
+     'lr_schedule, warmup_steps, optimizer, weight_decay, objective, data, alpha, '
+     'alpha_final, grad_clip, max_nonfinite, log_every, checkpoint_every, init_from, '
+     'init_from_missing, eval_samples, eval_batch_size, time_budget, sign_flip, '
+     'validation_fraction), got [1].'),
+    ({'action': 'x'},
+     "config section 'action': expected a mapping with either {m2, lam} or {kappa, "
+     "lam_hop}, got 'x'."),
+    ({'action': {'m2': 1.0, 'lam': 1.0, 'h': 1}},
+     "config section 'action': unknown key 'h'; allowed keys are m2, lam (default "
+     'parametrization) or kappa, lam_hop (hopping parametrization).'),
+    ({'action': {'m2': 1.0, 'kappa': 0.2}},
+     "config section 'action': give either {m2, lam} or {kappa, lam_hop}, not a mix (got "
+     'kappa, m2).'),
+    ({'lattice': _DELETE},
+     "config section 'lattice' is missing; it is required."),
+    ({'action': _DELETE},
+     "config section 'action' is missing; it is required."),
+    ({'flow.n_layers': 0},
+     "config key 'flow.n_layers': value 0 is not allowed with flow.cnf_layers = 0; the "
+     'flow needs coupling or continuous layers (n_layers > 0 or cnf_layers > 0).'),
+    ({'flow.conditioner': 'odd', 'flow.equivariant': False, 'flow.activation': 'tanh'},
+     "config key 'flow.conditioner': value 'odd' is an exactly Z2-equivariant net; it is "
+     "not allowed with flow.equivariant = false (use 'symmetrized')."),
+    ({'flow.conditioner': 'global', 'flow.equivariant': False},
+     "config key 'flow.conditioner': value 'global' is an exactly Z2-equivariant "
+     'conditioner; it is not allowed with flow.equivariant = false.'),
+    ({'flow.conditioner': 'odd'},
+     "config key 'flow.activation': value 'silu' is not allowed with flow.conditioner = "
+     "'odd', which needs an odd activation: tanh or softsign."),
+    ({'lattice.shape': [5, 4]},
+     "config key 'lattice.shape': value [5, 4] is not allowed with a flow; checkerboard "
+     'couplings need every extent even.'),
+    ({'train.objective': 'mixed'},
+     "config key 'train.data' is missing; objective 'mixed' needs training "
+     'configurations: the path of a lattice_flows HDF5 sample file (e.g. hmc.h5).'),
+    ({'action': {'kappa': -0.2, 'lam_hop': 0.1}},
+     "config key 'action.kappa': value -0.2 is not allowed; expected kappa > 0."),
+    ({'action': {'kappa': 0.2, 'lam_hop': -0.1}},
+     "config key 'action.lam_hop': value -0.1 is not allowed; expected lam_hop >= 0 (the "
+     'action is unbounded below otherwise).'),
+    ({'action.lam': -1.0},
+     "config key 'action.lam': value -1.0 is not allowed; expected lam >= 0 (the action "
+     'is unbounded below otherwise).'),
+    ({'action': {'m2': 0.0, 'lam': 0.0}},
+     "config key 'action.m2': value 0.0 is not allowed with lam = 0; the free field needs "
+     'm2 > 0 (the Gaussian is not normalizable otherwise).'),
+    ({'action': {'kappa': 'x', 'lam_hop': 0.1}},
+     "config key 'action.kappa': value 'x' is not allowed; expected a finite real number."),
+]
+
+BARE = {"lattice": {"shape": [4, 4]}, "action": {"m2": -4.0, "lam": 8.0},
+        "hmc": {}, "flow": {}, "train": {}, "sample": {}, "output": {}}
+
+
+def _set(changes: dict) -> dict:
+    raw = copy.deepcopy(BARE)
+    for path, value in changes.items():
+        node, keys = raw, path.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        if value is _DELETE:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("key,value,expected", REFUSALS_BEFORE, ids=[k for k, _, _ in REFUSALS_BEFORE])
+def test_refusals_keep_their_wording(key, value, expected):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_set({key: value}))
+    assert str(info.value) == f"config key '{key}': value {value!r} is not allowed; expected {expected}."
+
+
+@pytest.mark.parametrize("changes,message", SPECIAL_BEFORE, ids=[str(c)[:40] for c, _ in SPECIAL_BEFORE])
+def test_other_messages_keep_their_wording(changes, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_set(changes))
+    assert str(info.value) == message
