@@ -25,7 +25,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _setup(args: argparse.Namespace):
     """Load the config, make the run folder, set up logging; returns (cfg, world)."""
     from lattice_flows.config import load_config
-    from lattice_flows.logs import setup_logging
+    from lattice_flows.logs import log, setup_logging
 
     world = _WORLD
     cfg = load_config(args.config, args.overrides)
@@ -34,9 +34,7 @@ def _setup(args: argparse.Namespace):
     rank = 0 if world is None else world.rank
     setup_logging(args.verbose, rank=rank, logfile=run_dir / "run.log" if rank == 0 else None)
     if world is not None:
-        import logging
-
-        logging.getLogger("lattice_flows").info(
+        log.info(
             "MPI world of %d ranks (%d on this node); rank %d", world.size, world.local_size, rank
         )
     return cfg, world

@@ -8,6 +8,9 @@ import socket
 import sys
 from pathlib import Path
 
+#: the package logger: every module logs through it; :func:`setup_logging` gives it its handlers
+log = logging.getLogger("lattice_flows")
+
 
 class _QuietFileHandler(logging.FileHandler):
     """A run-folder log file that stops itself (one line on stderr) when writing fails, e.g. on
@@ -15,14 +18,14 @@ class _QuietFileHandler(logging.FileHandler):
     failed write of its data with a clear error."""
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging API)
-        logging.getLogger("lattice_flows").removeHandler(self)
+        log.removeHandler(self)
         sys.stderr.write(f"lattice-flows: cannot write the log file {self.baseFilename}; "
                          "logging to it stopped\n")
 
 
 def setup_logging(verbose: bool = False, rank: int = 0, logfile: Path | None = None) -> None:
     """Configure the ``lattice_flows`` logger; messages carry host and rank."""
-    logger = logging.getLogger("lattice_flows")
+    logger = log
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     fmt = logging.Formatter(
         f"%(asctime)s {socket.gethostname()}:{os.getpid()} r{rank} %(levelname)s %(message)s",

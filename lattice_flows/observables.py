@@ -16,7 +16,9 @@ and take ensemble averages of these.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 
 from lattice_flows.theory.phi4 import Phi4Action
@@ -73,3 +75,15 @@ def measure(phi: torch.Tensor, action: Phi4Action, store_G: bool = True) -> dict
     if store_G:
         out["G"] = G
     return out
+
+
+def observable_specs(lattice_shape: tuple[int, ...], store_G: bool) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Dataset specs ``{name: (row shape, dtype)}`` of what :func:`measure` returns, as the
+    sample files store them (``observables/<name>``; G only with ``output.store_G``)."""
+    specs: dict[str, tuple[tuple[int, ...], Any]] = {
+        f"observables/{n}": ((), np.float64) for n in SCALAR_OBSERVABLES
+    }
+    specs["observables/C"] = ((lattice_shape[-1],), np.float64)
+    if store_G:
+        specs["observables/G"] = (tuple(lattice_shape), np.float32)
+    return specs

@@ -21,7 +21,7 @@ from lattice_flows.analysis import analyze_samples, compare, format_comparison, 
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.io.hdf5 import SampleFile
 from lattice_flows.io.runfolder import write_text_atomic
-from lattice_flows.mcmc.chain import log
+from lattice_flows.logs import log
 
 
 def run_pipeline(cfg: Config, progress: bool = True, world=None) -> str:

@@ -12,7 +12,7 @@ Importance sampling: independent flow samples with their log-weights in ``import
 (same layout, ``accepted`` all true); :func:`lattice_flows.statistics` style reweighted
 averages and log Z come from :func:`reweighted_estimates`.
 
-Chunks, checkpoints and resume follow :mod:`lattice_flows.mcmc.chain`: a rerun continues and
+Chunks, checkpoints and resume follow :mod:`lattice_flows.runtime.resume`: a rerun continues and
 the data equal an uninterrupted run's.
 
 Weight diagnostics (docs/conventions.md "Flow quality at scale"; :mod:`lattice_flows.weights`):
@@ -45,20 +45,15 @@ from lattice_flows.io.checkpoint import (
 from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.logs import log
 from lattice_flows.malloc import keep_freed_memory
-from lattice_flows.mcmc.chain import (
-    RowBuffer,
-    check_resumable,
-    derive_seed,
-    finish_parallel,
-    log,
-    make_generator,
-    observable_specs,
-    production_paths,
-)
 from lattice_flows.mcmc.metropolis import accept_reject
-from lattice_flows.observables import measure
+from lattice_flows.observables import measure, observable_specs
 from lattice_flows.progress import progress_bar
+from lattice_flows.runtime.ranks import finish_parallel, production_paths
+from lattice_flows.runtime.resume import check_resumable
+from lattice_flows.runtime.rows import RowBuffer
+from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.signals import StopRequested, stop_requested
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.weights import WeightAccumulator, as_attrs, describe

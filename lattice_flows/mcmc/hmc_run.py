@@ -1,6 +1,6 @@
 """HMC production: thermalise (tune eps), freeze eps, run chains, write chunks, checkpoint, resume.
 
-See :mod:`lattice_flows.mcmc.chain` for the run-folder and resume rules and
+See :mod:`lattice_flows.runtime.resume` for the run-folder and resume rules and
 :mod:`lattice_flows.mcmc.hmc` for the algorithm.
 """
 
@@ -20,14 +20,15 @@ from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
 from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.logs import log
 from lattice_flows.malloc import keep_freed_memory
-from lattice_flows.mcmc.chain import (
-    RowBuffer, check_resumable, derive_seed, finish_parallel, log, make_generator,
-    observable_specs, production_paths,
-)
 from lattice_flows.mcmc.hmc import HMC, DualAveraging
-from lattice_flows.observables import measure
+from lattice_flows.observables import measure, observable_specs
 from lattice_flows.progress import progress_bar
+from lattice_flows.runtime.ranks import finish_parallel, production_paths
+from lattice_flows.runtime.resume import check_resumable
+from lattice_flows.runtime.rows import RowBuffer
+from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.signals import StopRequested, stop_requested
 from lattice_flows.theory.phi4 import Phi4Action
 

@@ -37,11 +37,13 @@ from lattice_flows.io.checkpoint import (
 )
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config, write_text_atomic
+from lattice_flows.logs import log
 from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.io.train_log import TrainLog
-from lattice_flows.mcmc.chain import check_resumable, derive_seed, log, make_generator
 from lattice_flows.mcmc.metropolis import acceptance_rate
 from lattice_flows.progress import progress_bar
+from lattice_flows.runtime.resume import check_resumable
+from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.signals import StopRequested, stop_requested
 from lattice_flows.statistics import effective_sample_size
 from lattice_flows.theory.phi4 import Phi4Action
