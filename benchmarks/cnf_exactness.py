@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from lattice_flows.flows.cnf import ContinuousEquivariantLayer
-from lattice_flows.mcmc.flow_run import load_flow
+from lattice_flows.flows.flowfile import load_flow
 
 
 def main(argv: list[str] | None = None) -> None:

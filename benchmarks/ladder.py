@@ -56,8 +56,8 @@ from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.analysis import analyze_samples  # noqa: E402
 from lattice_flows.config import apply_overrides, config_from_dict, load_raw  # noqa: E402
 from lattice_flows.devices import resolve_device  # noqa: E402
+from lattice_flows.flows.flowfile import load_flow  # noqa: E402
 from lattice_flows.io.hdf5 import SampleFile  # noqa: E402
-from lattice_flows.mcmc.flow_run import load_flow  # noqa: E402
 from lattice_flows.mcmc.hmc_run import run_hmc  # noqa: E402
 from lattice_flows.runtime.seeds import derive_seed, make_generator  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402

@@ -157,8 +157,8 @@ def _make_configs(work: Path, args: argparse.Namespace) -> dict:
 
     from lattice_flows.config import config_from_dict
     from lattice_flows.flows.flow import build_flow
+    from lattice_flows.flows.flowfile import flow_state
     from lattice_flows.io.checkpoint import save_checkpoint
-    from lattice_flows.training.trainer import flow_state
 
     base = yaml.safe_load(BASE_CONFIG.read_text())
     base["device"] = "cpu"

@@ -36,12 +36,9 @@ from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.faults import nan_injected
 from lattice_flows.flows.cnf import set_integration_steps
-from lattice_flows.flows.flow import Flow, build_flow
-from lattice_flows.io.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-)
+from lattice_flows.flows.flow import Flow
+from lattice_flows.flows.flowfile import load_flow
+from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
 from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
@@ -64,40 +61,6 @@ SAMPLES_NAME = {"mcmc": "samples.h5", "importance": "importance.h5"}
 class SamplingError(RuntimeError):
     """Production cannot continue without corrupting a chain; the message says why."""
 CHECKPOINT_NAME = {"mcmc": "samples.ckpt", "importance": "importance.ckpt"}
-
-
-def load_flow(path: str | Path, lattice_shape: tuple[int, ...], device, dtype,
-              expect_couplings: tuple[float, float] | None = None) -> Flow:
-    """Rebuild a trained flow from ``flow.pt`` (architecture stored in the file) for
-    ``lattice_shape`` (the conv flow is size-agnostic; d must match)."""
-    from lattice_flows.config import FlowConfig
-    from lattice_flows.training.trainer import load_flow_weights
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"{path}: no trained flow here; run 'lattice-flows train' first or set sample.flow."
-        )
-    state = load_checkpoint(path)
-    if state.get("kind") != "flow":
-        raise CheckpointError(f"{path}: a '{state.get('kind')}' checkpoint, not a flow (flow.pt).")
-    fc = dict(state["flow_config"])
-    fc["hidden_channels"] = tuple(fc["hidden_channels"])
-    trained_shape = tuple(state["lattice_shape"])
-    if len(trained_shape) != len(lattice_shape):
-        raise CheckpointError(
-            f"{path}: flow trained on a {len(trained_shape)}-d lattice {trained_shape}, cannot sample "
-            f"a {len(lattice_shape)}-d lattice {tuple(lattice_shape)}."
-        )
-    flow = build_flow(FlowConfig(**fc), tuple(lattice_shape), state.get("m2"))
-    load_flow_weights(flow, path)
-    if expect_couplings is not None and (state.get("m2"), state.get("lam")) != expect_couplings:
-        log.warning(
-            "flow %s was trained at m2=%s, lam=%s; sampling m2=%s, lam=%s (still exact: the "
-            "accept/reject corrects for it, at some cost in acceptance)", path, state.get("m2"),
-            state.get("lam"), *expect_couplings,
-        )
-    return flow.to(device=device, dtype=dtype).eval()
 
 
 @torch.no_grad()

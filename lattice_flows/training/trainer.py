@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-import lattice_flows
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.faults import nan_injected
 from lattice_flows.flows.flow import Flow, build_flow
+from lattice_flows.flows.flowfile import cpu_state_dict, flow_state, load_flow_weights
 from lattice_flows.io.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -87,26 +87,6 @@ def lr_multiplier(step: int, total: int, warmup: int, schedule: str,
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def cpu_state_dict(module: torch.nn.Module) -> dict[str, Any]:
-    """A detached CPU copy of a state dict (tensors cloned; extra state such as floats kept)."""
-    return {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v)
-            for k, v in module.state_dict().items()}
-
-
-def flow_state(flow: Flow, cfg: Config) -> dict[str, Any]:
-    """The content of ``flow.pt``: weights plus what is needed to rebuild the flow."""
-    assert cfg.flow is not None
-    return {
-        "kind": "flow",
-        "package_version": lattice_flows.__version__,
-        "state_dict": cpu_state_dict(flow),
-        "flow_config": cfg.to_dict()["flow"],
-        "lattice_shape": list(cfg.lattice.shape),
-        "m2": cfg.action.m2,
-        "lam": cfg.action.lam,
-    }
-
-
 def _init_source_present(tc, is_root: bool) -> bool:
     """Whether ``train.init_from`` exists. A missing file is an error naming the run that
     writes it, unless ``train.init_from_missing: fresh`` (the ladder rungs): then training
@@ -127,37 +107,6 @@ def _init_source_present(tc, is_root: bool) -> bool:
         f"'lattice-flows train <that config>'), or set train.init_from to null, or "
         "train.init_from_missing to 'fresh' to start from a fresh flow when it is missing."
     )
-
-
-def load_flow_weights(flow: Flow, path: str | Path) -> dict[str, Any]:
-    """Load weights from ``flow.pt`` or ``train.ckpt`` into ``flow`` (any lattice size).
-
-    Refused with the path and the reason when the architecture differs.
-    """
-    state = load_checkpoint(path)
-    if state.get("kind") not in ("flow", "train"):
-        raise CheckpointError(f"{path}: a '{state.get('kind')}' checkpoint, not a flow.")
-    sd = state["state_dict"] if state["kind"] == "flow" else state["model"]
-    own = flow.state_dict()
-    missing = sorted(set(own) - set(sd))
-    extra = sorted(set(sd) - set(own))
-    wrong = sorted(
-        k for k in set(own) & set(sd)
-        if isinstance(own[k], torch.Tensor)
-        and (not isinstance(sd[k], torch.Tensor) or tuple(own[k].shape) != tuple(sd[k].shape))
-    )
-    if missing or extra or wrong:
-        detail = "; ".join(
-            f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", extra), ("shape differs", wrong))
-            if keys
-        )
-        raise CheckpointError(
-            f"{path}: the checkpoint's flow architecture differs from the config's flow section "
-            f"({detail})."
-        )
-    flow.load_state_dict(sd)
-    return state
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ from lattice_flows.io.checkpoint import CheckpointError
 from lattice_flows.io.train_log import read_train_log
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.training.estimators import FastPathGradientKL, PathGradientKL, ReverseKL
-from lattice_flows.training.trainer import load_flow_weights, train_flow
+from lattice_flows.flows.flowfile import load_flow_weights
+from lattice_flows.training.trainer import train_flow
 from tests.conftest import tiny_hmc_raw, write_config
 
 

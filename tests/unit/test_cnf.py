@@ -257,7 +257,7 @@ def test_config_switch_defaults_off_and_parses():
 def test_trained_cnf_flow_is_saved_and_rebuilt_from_flow_pt(tmp_path):
     """Real training (a few steps, real files): flow.pt rebuilds the CNF layers and their weights."""
     from lattice_flows.io.train_log import read_train_log
-    from lattice_flows.mcmc.flow_run import load_flow
+    from lattice_flows.flows.flowfile import load_flow
     from lattice_flows.training.trainer import train_flow
 
     raw = _cfg({"n_layers": 0, "cnf_layers": 1, "cnf_steps": 4, "zero_mode_layer": True})
@@ -289,7 +289,8 @@ def test_sampling_with_more_rk4_steps_than_training(tmp_path):
     4^3.3 = 100 leaves margin); a sampling run is not resumed with other steps."""
     import h5py
 
-    from lattice_flows.mcmc.flow_run import load_flow, run_sample
+    from lattice_flows.flows.flowfile import load_flow
+    from lattice_flows.mcmc.flow_run import run_sample
     from lattice_flows.training.trainer import train_flow
 
     raw = _cfg({"n_layers": 0, "cnf_layers": 1, "cnf_steps": 4, "zero_mode_layer": True})
