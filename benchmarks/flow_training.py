@@ -20,7 +20,7 @@ Each trained flow is then measured on 10,240 fresh samples (no grad, batches of 
 
 * ``ess``: ESS/N = (sum w)^2 / (N sum w^2) over all 10,240 log-weights (CONVENTIONS.md);
 * ``acceptance``: of ONE independence-Metropolis chain run over the 10,240 proposals in order
-  (:func:`lattice_flows.mcmc.metropolis.accept_reject`; the first proposal only initialises it);
+  (:func:`lattice_flows.flows.quality.chain_figures`; the first proposal only initialises it);
 * ``tau_int_absM``: tau_int of |M| of that chain's current state after each step (Gamma-method,
   Wolff 2004, S = 1.5, :func:`lattice_flows.statistics.gamma_method`), in units of proposals;
   1/2 means uncorrelated;
@@ -47,7 +47,6 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -60,10 +59,10 @@ import torch  # noqa: E402
 from lattice_flows.config import config_from_dict, load_raw  # noqa: E402
 from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.flows import BASELINE_FLOW_CONFIG, build_flow  # noqa: E402
-from lattice_flows.mcmc.metropolis import accept_reject  # noqa: E402
-from lattice_flows.statistics import effective_sample_size, gamma_method  # noqa: E402
+from lattice_flows.statistics import effective_sample_size  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
 from lattice_flows.flows.flowfile import load_flow_weights  # noqa: E402
+from lattice_flows.flows.quality import chain_figures, sample_log_weights  # noqa: E402
 from lattice_flows.training.trainer import FLOW_NAME, train_flow  # noqa: E402
 from lattice_flows.malloc import keep_freed_memory  # noqa: E402
 
@@ -119,41 +118,30 @@ def proposal_rate(flow, action, batch: int, n: int = 4096, repeats: int = 3,
 
 @torch.no_grad()
 def measure_flow(flow, n_samples: int = 10240, batch: int = 1024, seed: int = 12345) -> dict:
-    """ESS/N, independence-Metropolis acceptance, tau_int(|M|), proposals/s (see module doc)."""
+    """ESS/N, independence-Metropolis acceptance, tau_int(|M|), proposals/s (see module doc;
+    the chain figures are those of lattice_flows.flows.quality)."""
     action = Phi4Action(M2, LAM, len(SHAPE))
     flow.eval()
     gen = torch.Generator().manual_seed(seed)
-    log_w, abs_m = [], []
-    done = 0
-    while done < n_samples:
-        n = min(batch, n_samples - done)
-        phi, log_q = flow.sample(n, generator=gen)
-        log_w.append(-(action(phi.double()) + log_q.double()))
-        abs_m.append(phi.double().mean(dim=tuple(range(1, phi.dim()))).abs())
-        done += n
-    lw = torch.cat(log_w)
-    am = torch.cat(abs_m)
+    lw, mag, _ = sample_log_weights(flow, action, n_samples, batch, gen)
     # one independence-Metropolis chain over the proposals in order; the first one initialises
     u = torch.rand((lw.numel(), 1), generator=gen, dtype=torch.float64)
-    res = accept_reject(lw[:, None], torch.full((1,), -math.inf, dtype=torch.float64), u)
-    acc = float(res.accepted[1:].double().mean())
-    chain_abs_m = am[res.index[:, 0].clamp(min=0)].numpy()  # |M| of the current state per step
-    tau = gamma_method(chain_abs_m[:, None])
+    chain = chain_figures(lw, mag, u, taus=("absM",))
     rates = {b: proposal_rate(flow, action, b, gen=gen) for b in TIMING_BATCHES}
     best_b = max(rates, key=lambda b: rates[b][0])
     return {
-        "acceptance": acc,
+        "acceptance": chain["acceptance"],
         "ess": effective_sample_size(lw.numpy()),
-        "tau_int_absM": tau.tau_int,
-        "tau_int_absM_error": tau.tau_int_error,
+        "tau_int_absM": chain["tau_int_absM"],
+        "tau_int_absM_error": chain["tau_int_absM_error"],
         "proposals_per_s": rates[best_b][0],
         "proposals_batch": best_b,
         "proposals_per_wall_s": rates[best_b][1],
         **{f"proposals_per_s_b{b}": r[0] for b, r in rates.items()},
         "log_w_std": float(lw[torch.isfinite(lw)].std()),
         "n_samples": int(lw.numel()),
-        "n_nonfinite": res.n_nonfinite,
-        "absM_chain_mean": float(chain_abs_m.mean()),
+        "n_nonfinite": int((~torch.isfinite(lw)).sum()),
+        "absM_chain_mean": chain["absM_chain_mean"],
     }
 
 

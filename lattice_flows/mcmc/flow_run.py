@@ -3,7 +3,7 @@
 
 MCMC: proposals are generated in big no-grad batches (``sample.batch_size`` per flow call,
 spread over the ``n_chains`` columns), then the cheap sequential accept/reject of
-:func:`lattice_flows.mcmc.metropolis.accept_reject` runs in float64 with
+:func:`lattice_flows.metropolis.accept_reject` runs in float64 with
 w = exp(-S - log q) (CONVENTIONS.md "Statistics"). The first state of each chain is a flow
 sample. Output ``samples.h5``: the layout of :mod:`lattice_flows.io.hdf5` plus ``/log_q`` and
 ``/log_w`` of the chain's current state, so every reader and analysis works on it as on HMC.
@@ -36,15 +36,15 @@ from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.faults import nan_injected
 from lattice_flows.flows.cnf import set_integration_steps
-from lattice_flows.flows.flow import Flow
 from lattice_flows.flows.flowfile import load_flow
+from lattice_flows.flows.quality import propose
 from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
 from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.logs import log
 from lattice_flows.malloc import keep_freed_memory
-from lattice_flows.mcmc.metropolis import accept_reject
+from lattice_flows.metropolis import accept_reject
 from lattice_flows.observables import measure, observable_specs
 from lattice_flows.progress import progress_bar
 from lattice_flows.runtime.ranks import finish_parallel, production_paths
@@ -61,16 +61,6 @@ SAMPLES_NAME = {"mcmc": "samples.h5", "importance": "importance.h5"}
 class SamplingError(RuntimeError):
     """Production cannot continue without corrupting a chain; the message says why."""
 CHECKPOINT_NAME = {"mcmc": "samples.ckpt", "importance": "importance.ckpt"}
-
-
-@torch.no_grad()
-def propose(flow: Flow, action: Phi4Action, n: int, generator: torch.Generator,
-            lattice_shape: tuple[int, ...]):
-    """n flow samples with float64 action, log q and log w = -S - log q."""
-    phi, log_q = flow.sample(n, generator=generator, lattice_shape=lattice_shape)
-    s = action(phi.to(torch.float64))
-    log_q = log_q.to(torch.float64)
-    return phi, s, log_q, -(s + log_q)
 
 
 def run_sample(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,

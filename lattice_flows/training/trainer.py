@@ -8,9 +8,9 @@ Run folder of a training run (``output.dir``)::
     flow.pt       the trained flow: weights + architecture + lattice (input of `sample`)
     train_summary.json  final ESS/N and independence-Metropolis acceptance on fresh samples
 
-At the end the flow is evaluated on ``train.eval_samples`` (>= 10,240 by default) fresh samples:
-ESS/N = (sum w)^2 / (N sum w^2) and the acceptance of an independence-Metropolis chain
-(CONVENTIONS.md "Statistics"); never per batch.
+At the end the flow is evaluated on ``train.eval_samples`` (>= 10,240 by default) fresh samples
+by :func:`lattice_flows.flows.quality.evaluate_flow`: ESS/N = (sum w)^2 / (N sum w^2) and the
+acceptance of an independence-Metropolis chain (docs/conventions.md "Statistics"); never per batch.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import torch
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.faults import nan_injected
-from lattice_flows.flows.flow import Flow, build_flow
+from lattice_flows.flows.flow import build_flow
 from lattice_flows.flows.flowfile import cpu_state_dict, flow_state, load_flow_weights
+from lattice_flows.flows.quality import evaluate_flow
 from lattice_flows.io.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -40,7 +41,7 @@ from lattice_flows.io.runfolder import config_yaml, provenance, write_config, wr
 from lattice_flows.logs import log
 from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.io.train_log import TrainLog
-from lattice_flows.mcmc.metropolis import acceptance_rate
+from lattice_flows.metropolis import acceptance_rate
 from lattice_flows.progress import progress_bar
 from lattice_flows.runtime.resume import check_resumable
 from lattice_flows.runtime.seeds import derive_seed, make_generator
@@ -107,59 +108,6 @@ def _init_source_present(tc, is_root: bool) -> bool:
         f"'lattice-flows train <that config>'), or set train.init_from to null, or "
         "train.init_from_missing to 'fresh' to start from a fresh flow when it is missing."
     )
-
-
-@torch.no_grad()
-def evaluate_flow(flow: Flow, action: Phi4Action, n_samples: int, batch_size: int,
-                  generator: torch.Generator, lattice_shape=None) -> dict[str, float]:
-    """Flow quality on ``n_samples`` fresh samples (CONVENTIONS.md "Statistics"): ESS/N, the
-    acceptance of one independence-Metropolis chain over them, tau_int of |M| and M^2 along that
-    chain (Gamma-method), and proposals per second (sampling + action, no autograd)."""
-    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
-    from lattice_flows.mcmc.metropolis import independence_chain_indices
-    from lattice_flows.statistics import gamma_method
-
-    log_w, mags = [], []
-    done = 0
-    t0 = time.perf_counter()
-    while done < n_samples:
-        n = min(batch_size, n_samples - done)
-        phi, log_q = flow.sample(n, generator=generator, lattice_shape=lattice_shape)
-        log_w.append((-(action(phi.double()) + log_q.double())).cpu())
-        mags.append(phi.double().mean(dim=tuple(range(1, phi.dim()))).cpu())
-        done += n
-    dt = time.perf_counter() - t0
-    lw = torch.cat(log_w)
-    M = torch.cat(mags)
-    cpu_gen = torch.Generator().manual_seed(
-        int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-    )
-    idx, n_acc = independence_chain_indices(lw, cpu_gen)  # acceptance_rate, plus the chain
-    chain_M = M[torch.tensor(idx).clamp(min=0)].numpy()
-    finite = torch.isfinite(lw)
-    out = {
-        "ess": effective_sample_size(lw.numpy()),
-        "acceptance": n_acc / max(1, lw.numel() - 1),
-        "n_samples": int(lw.numel()),
-        "n_nonfinite": int((~finite).sum()),
-        "proposals_per_s": lw.numel() / dt,
-        "log_w_std": float(lw[finite].std()) if finite.any() else float("nan"),
-    }
-    # tail diagnostics of the weights (docs/conventions.md "Flow quality at scale"): Pareto
-    # k-hat, max w / sum w, N_eff, and the longest rejection run of the chain against its length
-    from lattice_flows.weights import weight_diagnostics
-
-    accepted = np.asarray(idx) == np.arange(len(idx))
-    wd = weight_diagnostics(lw.numpy(), accepted[:, None])
-    out.update({"khat": wd.khat, "khat_threshold": wd.khat_threshold, "n_eff": wd.ess,
-                "max_weight_fraction": wd.max_weight_fraction, "n_zero_weight": wd.n_zero,
-                "longest_rejection_run": wd.longest_rejection_run,
-                "weights_flags": wd.flags})
-    for name, series in (("absM", abs(chain_M)), ("M2", chain_M**2)):
-        est = gamma_method(series[:, None])
-        out[f"tau_int_{name}"] = est.tau_int
-        out[f"tau_int_{name}_error"] = est.tau_int_error
-    return out
 
 
 def train_flow(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,

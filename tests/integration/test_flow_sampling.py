@@ -18,7 +18,8 @@ from lattice_flows.cli import main
 from lattice_flows.config import config_from_dict
 from lattice_flows.io.hdf5 import SampleFile
 from lattice_flows.flows.flowfile import load_flow
-from lattice_flows.mcmc.flow_run import propose, run_sample
+from lattice_flows.flows.quality import propose
+from lattice_flows.mcmc.flow_run import run_sample
 from lattice_flows.mcmc.hmc_run import run_hmc
 from lattice_flows.statistics import gamma_method
 from lattice_flows.theory.free_field import exact_log_z, exact_susceptibility, exact_two_point

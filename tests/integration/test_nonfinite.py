@@ -63,7 +63,7 @@ def test_sampling_with_a_nan_flow_never_writes_a_corrupt_chain(tmp_path, capsys)
 
 def test_partially_nonfinite_proposals_are_rejected_and_counted(tmp_path):
     """A flow that is fine except on a few samples: those proposals are rejected and counted."""
-    from lattice_flows.mcmc.metropolis import accept_reject
+    from lattice_flows.metropolis import accept_reject
 
     g = torch.Generator().manual_seed(0)
     lw = torch.randn(200, 8, generator=g, dtype=torch.float64)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from lattice_flows.mcmc.metropolis import accept_reject, acceptance_rate
+from lattice_flows.metropolis import accept_reject, acceptance_rate, chain_acceptance, independence_chain
 from lattice_flows.statistics import gamma_method
 from tests.conftest import family_sigma
 
@@ -52,3 +52,51 @@ def test_nonfinite_proposals_are_rejected():
 
 def test_acceptance_rate_of_perfect_flow_is_one():
     assert acceptance_rate(torch.zeros(500) + 3.0) == 1.0
+
+
+def _vectorised_rule(lw, cur, u):
+    """The accept/reject rule written as a per-step tensor loop (the sampler's earlier code):
+    an independent oracle for the list-based implementation."""
+    cur = cur.clone()
+    log_u = torch.log(u)
+    finite = torch.isfinite(lw)
+    acc = torch.zeros(lw.shape, dtype=torch.bool)
+    idx = torch.full(lw.shape, -1, dtype=torch.int64)
+    trace = torch.empty(lw.shape, dtype=torch.float64)
+    last = torch.full((lw.shape[1],), -1, dtype=torch.int64)
+    for k in range(lw.shape[0]):
+        a = finite[k] & ((cur == -torch.inf) | (log_u[k] < lw[k] - cur))
+        cur = torch.where(a, lw[k], cur)
+        last = torch.where(a, torch.full_like(last, k), last)
+        acc[k], idx[k], trace[k] = a, last, cur
+    return acc, idx, trace, cur
+
+
+def test_accept_reject_is_bit_identical_to_the_vectorised_rule():
+    """Same accept flags, indices and log w traces, exactly (float64 comparisons of the same
+    IEEE differences), with non-finite proposals and chains with and without a state."""
+    g = torch.Generator().manual_seed(3)
+    lw = 2.0 * torch.randn(400, 6, generator=g, dtype=torch.float64)
+    lw[::11, 1] = math.nan
+    lw[::13, 2] = -math.inf
+    lw[7, 3] = math.inf
+    cur = torch.tensor([-math.inf, 0.3, -math.inf, 1.5, -2.0, -math.inf], dtype=torch.float64)
+    u = torch.rand(400, 6, generator=g, dtype=torch.float64)
+    res = accept_reject(lw, cur, u)
+    acc, idx, trace, final = _vectorised_rule(lw, cur, u)
+    assert torch.equal(res.accepted, acc) and torch.equal(res.index, idx)
+    assert torch.equal(res.log_w, trace) and torch.equal(res.final_log_w, final)
+    assert 0 < int(acc.sum()) < acc.numel()  # both outcomes occur: the comparison is not vacuous
+
+
+def test_independence_chain_is_one_column_of_accept_reject():
+    g = torch.Generator().manual_seed(4)
+    lw = torch.randn(1000, generator=g, dtype=torch.float64)
+    u = torch.rand(1000, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    res = independence_chain(lw, u)
+    ref = accept_reject(lw[:, None], torch.full((1,), -math.inf, dtype=torch.float64), u[:, None])
+    assert torch.equal(res.index, ref.index) and torch.equal(res.accepted, ref.accepted)
+    # acceptance_rate draws the same uniforms from its generator: the same figure
+    expected = int(ref.accepted[1:].sum()) / 999
+    assert chain_acceptance(res) == expected
+    assert acceptance_rate(lw, torch.Generator().manual_seed(9)) == expected
