@@ -95,7 +95,9 @@ def _worker(args: argparse.Namespace) -> int:
 
     from lattice_flows.config import load_config
     from lattice_flows.distributed import World
+    from lattice_flows.malloc import keep_freed_memory
 
+    keep_freed_memory()  # the allocator setting of the CLI commands whose work is timed (malloc.py)
     torch.set_num_threads(1)
     world = World.from_environment()
     cfg = load_config(args.config)

@@ -82,7 +82,11 @@ REFERENCE = dict(L=8, batch=32, objective="path_gradient_fast")
 def reference_step_ms(steps: int = 10, rounds: int = 3) -> float:
     """CPU-ms per training step of the L = 8 ladder flow (configs/ladder/L8.yaml, its objective
     path_gradient_fast, batch 32) on the current thread settings: the machine-speed reference
-    that lets a reader rescale CPU-second budgets measured on another CPU."""
+    that lets a reader rescale CPU-second budgets measured on another CPU. It sets the allocator
+    as :func:`main` does (lattice_flows/malloc.py), so the reference is measured as in
+    results/train_step.txt, and a script that measures it first (ladder.py) keeps the setting
+    for its training, HMC and evaluation."""
+    keep_freed_memory()
     L = REFERENCE["L"]
     cfg = config_from_dict(load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml"))
     action = Phi4Action(cfg.action.m2, cfg.action.lam, 2)

@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("hmc", "train", "sample", "run"):
         from lattice_flows.distributed import World
 
+        from lattice_flows.malloc import keep_freed_memory
+
+        keep_freed_memory()  # the commands that compute opt in to the allocator setting (malloc.py)
         world = World.from_environment()
         _WORLD = world if world.size > 1 else None
     from lattice_flows.signals import StopRequested, graceful_stop

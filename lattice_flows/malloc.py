@@ -9,10 +9,17 @@ faults and zeroing, counted as CPU time of the process. Measured (one thread, fl
 9,300-9,500 with the thresholds below; training steps at batch 32 gain 3-6 %.
 
 :func:`keep_freed_memory` fixes the mmap threshold at its maximum (32 MiB) and the trim threshold
-at 1 GiB with ``mallopt``; ``train_flow``, ``run_hmc``, ``run_sample`` and ``evaluate_flow``
-call it, so every CLI command that computes does. Blocks larger than 32 MiB are still mapped
-fresh, which is why the conditioners evaluate large batches in chunks. The resident memory of a process then stays near
+at 1 GiB with ``mallopt``. Blocks larger than 32 MiB are still mapped fresh, which is why the
+conditioners evaluate large batches in chunks. The resident memory of a process then stays near
 its peak instead of shrinking between steps. Outside glibc (macOS, musl) it does nothing.
+
+It is an opt-in of the process, never done by the library: the entry points call it (the CLI's
+``main`` for ``hmc``, ``train``, ``sample`` and ``run``; the benchmark scripts), so importing or
+using the package from a notebook or another program leaves its allocator as it was. To get the
+same speed there, opt in once::
+
+    import lattice_flows.malloc
+    lattice_flows.malloc.keep_freed_memory()
 """
 
 from __future__ import annotations
@@ -54,3 +61,8 @@ def keep_freed_memory() -> bool:
         logging.getLogger(__name__).debug("mallopt refused the thresholds; allocator unchanged")
     _done = ok
     return ok
+
+
+def keeping_freed_memory() -> bool:
+    """Whether :func:`keep_freed_memory` has set the thresholds in this process."""
+    return _done

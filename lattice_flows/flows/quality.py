@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from lattice_flows.flows.flow import Flow
-from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.metropolis import chain_acceptance, independence_chain
 from lattice_flows.statistics import effective_sample_size, gamma_method
 from lattice_flows.theory.phi4 import Phi4Action
@@ -84,7 +83,6 @@ def evaluate_flow(flow: Flow, action: Phi4Action, n_samples: int, batch_size: in
     one independence-Metropolis chain over them, tau_int of |M| and M^2 along that chain
     (Gamma-method), the weights' tail diagnostics and proposals per second (sampling + action,
     no autograd). The chain's uniforms come from a CPU generator seeded from ``generator``."""
-    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
     lw, M, dt = sample_log_weights(flow, action, n_samples, batch_size, generator, lattice_shape)
     cpu_gen = torch.Generator().manual_seed(
         int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())

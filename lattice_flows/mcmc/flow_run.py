@@ -43,7 +43,6 @@ from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.logs import log
-from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.metropolis import accept_reject
 from lattice_flows.observables import measure, observable_specs
 from lattice_flows.progress import progress_bar
@@ -67,7 +66,6 @@ def run_sample(cfg: Config, run_dir: str | Path | None = None, progress: bool = 
                world=None) -> Path:
     """Run (or resume) flow production for ``cfg``; returns the sample file path (with several
     MPI ranks: the merged view of the rank files)."""
-    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
     if cfg.sample is None:
         raise ConfigError("config section 'sample' is missing; it is required by 'lattice-flows sample'.")
     run_dir = Path(run_dir or cfg.output.dir)

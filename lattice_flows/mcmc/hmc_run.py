@@ -21,7 +21,6 @@ from lattice_flows.io.hdf5 import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.logs import log
-from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.mcmc.hmc import HMC, DualAveraging
 from lattice_flows.observables import measure, observable_specs
 from lattice_flows.progress import progress_bar
@@ -49,7 +48,6 @@ def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tru
             world=None) -> Path:
     """Run (or resume, or extend) the HMC production of ``cfg``; returns the sample file path
     (with several MPI ranks: the merged view of the rank files)."""
-    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
     if cfg.hmc is None:
         raise ConfigError("config section 'hmc' is missing; it is required by 'lattice-flows hmc'.")
     h = cfg.hmc

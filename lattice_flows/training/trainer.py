@@ -39,7 +39,6 @@ from lattice_flows.io.checkpoint import (
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config, write_text_atomic
 from lattice_flows.logs import log
-from lattice_flows.malloc import keep_freed_memory
 from lattice_flows.io.train_log import TrainLog
 from lattice_flows.metropolis import acceptance_rate
 from lattice_flows.progress import progress_bar
@@ -113,7 +112,6 @@ def _init_source_present(tc, is_root: bool) -> bool:
 def train_flow(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
                world=None) -> TrainResult:
     """Train (or resume) the flow of ``cfg``; see the module docstring for the run folder."""
-    keep_freed_memory()  # glibc allocator: no fresh pages for every activation (malloc.py)
     if cfg.flow is None or cfg.train is None:
         missing = "flow" if cfg.flow is None else "train"
         raise ConfigError(f"config section '{missing}' is missing; it is required by 'lattice-flows train'.")

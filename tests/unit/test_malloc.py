@@ -129,3 +129,60 @@ def test_keep_freed_memory_is_harmless_for_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+_ENTRY_POINTS = r"""
+import json, sys
+from pathlib import Path
+import torch
+from lattice_flows import malloc
+from lattice_flows.config import config_from_dict
+from lattice_flows.flows.quality import evaluate_flow
+from lattice_flows.mcmc.flow_run import run_sample
+from lattice_flows.mcmc.hmc_run import run_hmc
+from lattice_flows.theory.phi4 import Phi4Action
+from lattice_flows.training.trainer import train_flow
+out, raw = Path(sys.argv[1]), json.loads(sys.argv[2])
+cfg = config_from_dict(raw)
+seen = {}
+res = train_flow(cfg, progress=False)
+seen["train_flow"] = malloc.keeping_freed_memory()
+run_sample(cfg, progress=False)
+seen["run_sample"] = malloc.keeping_freed_memory()
+run_hmc(cfg, progress=False)
+seen["run_hmc"] = malloc.keeping_freed_memory()
+from lattice_flows.flows.flowfile import load_flow
+flow = load_flow(out / "flow.pt", (4, 4), "cpu", torch.float32)
+evaluate_flow(flow, Phi4Action(1.0, 0.0, 2), 64, 64, torch.Generator().manual_seed(0))
+seen["evaluate_flow"] = malloc.keeping_freed_memory()
+from lattice_flows.cli import main
+assert main(["hmc", sys.argv[3], "--no-progress"]) == 0
+seen["cli hmc"] = malloc.keeping_freed_memory()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_only_entry_points_change_the_allocator(tmp_path):
+    """Training, sampling, HMC and evaluation from Python leave the process's allocator alone
+    (a notebook opts in with keep_freed_memory()); the CLI command sets it."""
+    import yaml
+
+    raw = {
+        "lattice": {"shape": [4, 4]}, "action": {"m2": 1.0, "lam": 0.0}, "seed": 3, "device": "cpu",
+        "flow": {"n_layers": 2, "hidden_channels": [4], "fourier_layer": False},
+        "train": {"steps": 3, "batch_size": 8, "log_every": 1, "eval_samples": 64,
+                  "eval_batch_size": 64},
+        "sample": {"mode": "mcmc", "n_chains": 2, "n_samples": 20, "batch_size": 16},
+        "hmc": {"n_chains": 2, "n_therm": 4, "n_traj": 6, "n_steps": 4, "step_size": 0.2},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    cli_cfg = tmp_path / "cli.yaml"
+    cli_cfg.write_text(yaml.safe_dump({**raw, "output": {"dir": str(tmp_path / "cli")}}))
+    out = subprocess.run([sys.executable, "-c", _ENTRY_POINTS, str(tmp_path / "run"),
+                          json.dumps(raw), str(cli_cfg)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"train_flow": False, "run_sample": False, "run_hmc": False,
+                    "evaluate_flow": False, "cli hmc": True}, seen
