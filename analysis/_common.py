@@ -1,8 +1,8 @@
 """Helpers shared by the analysis scripts: input resolution, labels, error exits, JSON output.
 
 The scripts take run folders or HDF5 files. A run folder stands for its sample files (the
-order of :data:`lattice_flows.analysis.SAMPLE_FILE_NAMES`: merged.h5, samples.h5,
-importance.h5, hmc.h5) and, for the training plot, its ``train.h5``. A bad or foreign file
+order of :data:`lattice_flows.analysis.SAMPLE_FILE_NAMES`: samples.h5, importance.h5,
+hmc.h5) and, for the training plot, its ``train.h5``. A bad or foreign file
 raises :class:`lattice_flows.io.hdf5.DataFileError` (the message names the path and the
 reason); :func:`main_guard` turns it into one line on stderr and exit status 2.
 """

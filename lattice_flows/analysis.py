@@ -26,7 +26,7 @@ from lattice_flows.io.hdf5 import DataFileError, SampleFile
 from lattice_flows.statistics import DEFAULT_S, Estimate, estimate_obs, gamma_method, make_obs
 from lattice_flows import weights as W
 
-SAMPLE_FILE_NAMES = ("merged.h5", "samples.h5", "importance.h5", "hmc.h5")
+SAMPLE_FILE_NAMES = ("samples.h5", "importance.h5", "hmc.h5")
 
 
 @dataclass(frozen=True)

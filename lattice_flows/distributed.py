@@ -66,11 +66,6 @@ class World:
     def is_root(self) -> bool:
         return self.rank == 0
 
-    def device(self, name: str) -> torch.device:
-        from lattice_flows.devices import resolve_device
-
-        return resolve_device(name, self.local_rank)
-
     # -- control messages through MPI ------------------------------------------------------
     def barrier(self) -> None:
         if self.comm is not None:

@@ -120,15 +120,6 @@ def _log_weights(log_w: np.ndarray, what: str) -> np.ndarray:
     return lw
 
 
-def log_mean_exp(log_w: np.ndarray) -> float:
-    """log( (1/N) sum exp(log_w) ), stable; -inf entries are zero weights and count in N."""
-    lw = _log_weights(log_w, "log_mean_exp")
-    if lw.size == 0 or np.isneginf(lw).all():
-        return -math.inf
-    m = lw.max()
-    return float(m + np.log(np.mean(np.exp(lw - m))))
-
-
 def effective_sample_size(log_w: np.ndarray) -> float:
     """ESS/N = (sum w)^2 / (N sum w^2), w = exp(log_w), in log space (CONVENTIONS.md).
 

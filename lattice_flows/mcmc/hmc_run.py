@@ -34,8 +34,8 @@ from lattice_flows.theory.phi4 import Phi4Action
 SAMPLES_NAME = "hmc.h5"
 COLD_START_WIDTH = 0.1
 CHECKPOINT_NAME = "hmc.ckpt"
-#: ``phase`` of a checkpoint written by a stop during thermalisation (0: thermalised, production
-#: at trajectory 0; 1: production)
+#: ``phase`` of a checkpoint written by a stop during thermalisation; a production checkpoint has
+#: no ``phase`` (earlier versions wrote 0 or 1 there, never read; such checkpoints still resume)
 THERM_PHASE = -1
 
 
@@ -91,7 +91,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
         phi, cpu_used = _thermalise(cfg, hmc, gen, device, dtype, state, ckpt_path, run_dir,
                                     progress and rank == 0)
         traj, n_acc, n_tried = 0, 0, 0
-        save_checkpoint(_ckpt(phi, gen, hmc.step_size, 0, 0, 0, 0, cpu_used), ckpt_path)
+        save_checkpoint(_ckpt(phi, gen, hmc.step_size, 0, 0, 0, cpu_used), ckpt_path)
     else:
         phi = state["phi"].to(device=device, dtype=dtype)
         gen.set_state(state["rng"])
@@ -147,7 +147,7 @@ def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
                 writer.append(buf.take(), attrs={"cpu_s": cpu_now, "n_traj_done": traj,
                                                  "acceptance": n_acc / max(1, n_tried)})
                 save_checkpoint(
-                    _ckpt(phi, gen, hmc.step_size, traj, n_acc, n_tried, 1, cpu_now), ckpt_path
+                    _ckpt(phi, gen, hmc.step_size, traj, n_acc, n_tried, cpu_now), ckpt_path
                 )
                 if stop:
                     bar.close()
@@ -247,8 +247,8 @@ def _thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, stat
         signum = stop_requested()
         if signum:
             bar.close()
-            ckpt = _ckpt(phi, gen, hmc.step_size, 0, 0, 0, THERM_PHASE,
-                         cpu_before + time.process_time() - cpu0)
+            ckpt = _ckpt(phi, gen, hmc.step_size, 0, 0, 0, cpu_before + time.process_time() - cpu0)
+            ckpt["phase"] = THERM_PHASE
             ckpt["therm_done"] = done
             ckpt["tuner"] = None if tuner is None else dataclasses.asdict(tuner)
             save_checkpoint(ckpt, ckpt_path)
@@ -261,7 +261,7 @@ def _thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, stat
     return phi, cpu_before + time.process_time() - cpu0
 
 
-def _ckpt(phi, gen, step_size, traj, n_acc, n_tried, phase, cpu_s) -> dict:
+def _ckpt(phi, gen, step_size, traj, n_acc, n_tried, cpu_s) -> dict:
     return {
         "kind": "hmc",
         "dtype": str(phi.dtype).replace("torch.", ""),
@@ -271,6 +271,5 @@ def _ckpt(phi, gen, step_size, traj, n_acc, n_tried, phase, cpu_s) -> dict:
         "traj": int(traj),
         "n_accepted": int(n_acc),
         "n_tried": int(n_tried),
-        "phase": int(phase),
         "cpu_s": float(cpu_s),
     }

@@ -172,8 +172,8 @@ class MixedKL:
 
     needs_data = True
 
-    def __init__(self, action: Phi4Action, alpha: float, path_gradient: bool = False) -> None:
-        self.reverse = PathGradientKL(action) if path_gradient else ReverseKL(action)
+    def __init__(self, action: Phi4Action, alpha: float) -> None:
+        self.reverse = ReverseKL(action)
         self.forward = ForwardKL()
         self.alpha = alpha
 

@@ -115,6 +115,23 @@ def test_extending_a_finished_chain_equals_a_longer_run(tmp_path):
     _assert_equal_files(tmp_path / "long" / "hmc.h5", tmp_path / "ext" / "hmc.h5")
 
 
+def test_a_production_checkpoint_of_an_older_version_still_extends(tmp_path):
+    """Older versions wrote an unread ``phase`` (0 or 1) into every production checkpoint; the
+    current one writes none, and a checkpoint that has it still resumes like any other."""
+    from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
+
+    raw_long = tiny_hmc_raw(tmp_path / "long", n_traj=80)
+    assert main(["hmc", str(write_config(tmp_path / "long.yaml", raw_long)), "--no-progress"]) == 0
+    cfg = write_config(tmp_path / "old.yaml", tiny_hmc_raw(tmp_path / "old", n_traj=40))
+    assert main(["hmc", str(cfg), "--no-progress"]) == 0
+    ckpt = tmp_path / "old" / "hmc.ckpt"
+    state = load_checkpoint(ckpt)
+    assert "phase" not in state
+    save_checkpoint({**state, "phase": 1}, ckpt)  # as the older versions wrote it
+    assert main(["hmc", str(cfg), "--no-progress", "--set", "hmc.n_traj=80"]) == 0
+    _assert_equal_files(tmp_path / "long" / "hmc.h5", tmp_path / "old" / "hmc.h5")
+
+
 def test_resume_with_changed_physics_is_refused(tmp_path, tiny_hmc_config, capsys):
     assert main(["hmc", str(tiny_hmc_config), "--no-progress"]) == 0
     before = SampleFile(tmp_path / "run" / "hmc.h5").action().copy()
