@@ -1,6 +1,15 @@
-"""Command line: ``lattice-flows {hmc,analyze,info} ...``. Wires commands to the library;
-holds no physics. User errors (bad config, bad file, locked folder) print one paragraph to
-stderr and exit with status 2, without a traceback."""
+"""Command line: ``lattice-flows {hmc,train,sample,run,analyze,info,export} ...``.
+
+* ``hmc``, ``train``, ``sample`` CONFIG: HMC production, flow training, flow production
+  (independence Metropolis or importance sampling); each resumes its run folder;
+* ``run`` CONFIG: train -> sample (-> hmc) -> analyze, skipping completed stages;
+* ``analyze`` PATH: observables with Gamma-method errors; ``info`` FILE: metadata of a sample
+  file (``--verify`` checks it); ``export`` PATH: one self-contained sample file.
+
+Wires commands to the library; holds no physics. The computing commands (``hmc``, ``train``,
+``sample``, ``run``) opt in to the allocator setting of :mod:`lattice_flows.malloc`. User
+errors (bad config, bad file, locked folder) print one paragraph to stderr and exit with
+status 2, without a traceback."""
 
 from __future__ import annotations
 
@@ -185,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("info", help="metadata of a sample file (--verify: check it)")
-    p.add_argument("file")
+    p.add_argument("file", help="a sample HDF5 file (samples.h5, importance.h5, hmc.h5, a rank file)")
     p.add_argument("--verify", action="store_true",
                    help="check shapes, committed row counts and the checksum of every chunk")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable JSON output (attributes and the resolved config)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("export", help="write one self-contained sample file (no parts folder, "
