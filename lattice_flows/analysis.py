@@ -2,7 +2,7 @@
 
 Primary observables (per-configuration averages): M, |M|, M^2, M^4, chi2 = V M^2, E, S/V,
 G(0, ..., 0, t) and C(t). Derived observables (functions of averages, errors by linear
-propagation = Gamma-method for derived quantities, CONVENTIONS.md "Statistics"):
+propagation = Gamma-method for derived quantities, docs/conventions.md "Statistics"):
 U4 = 1 - <M^4> / (3 <M^2>^2) and m_eff(t) = arccosh[(C(t-1) + C(t+1)) / (2 C(t))].
 
 Flow files also get the weight diagnostics of docs/conventions.md "Flow quality at scale"
@@ -177,7 +177,7 @@ def find_sample_files(path: str | Path) -> list[Path]:
 
 def analyze_importance(sf: SampleFile, max_t: int | None = None) -> list[Row]:
     """Self-normalised reweighted observables of an importance-sampling file, plus ESS/N and
-    log Z (CONVENTIONS.md "Statistics"). The samples are independent; the tau_int column holds
+    log Z (docs/conventions.md "Statistics"). The samples are independent; the tau_int column holds
     the effective 1/(2 ESS/N) so that costs compare with Markov chains."""
     from lattice_flows.statistics import effective_sample_size, log_partition_function, reweighted_mean
 

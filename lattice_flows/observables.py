@@ -1,4 +1,4 @@
-"""Per-configuration observables of a batch of lattice fields (CONVENTIONS.md, "Observables").
+"""Per-configuration observables of a batch of lattice fields (docs/conventions.md, "Observables").
 
 For a batch ``phi`` of shape ``(batch, L_1, ..., L_d)``:
 

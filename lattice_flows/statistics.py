@@ -1,6 +1,6 @@
 """Error analysis: the Gamma-method (Wolff 2004, hep-lat/0306017) via pyerrors, and flow ESS.
 
-Conventions (CONVENTIONS.md, "Statistics"):
+Conventions (docs/conventions.md, "Statistics"):
 
 * Errors of MCMC averages use the Gamma-method with automatic windowing, S = 1.5; tau_int is
   reported with its error. tau_int follows Wolff's normalisation: tau_int = 1/2 + sum_{t>=1}
@@ -121,7 +121,7 @@ def _log_weights(log_w: np.ndarray, what: str) -> np.ndarray:
 
 
 def effective_sample_size(log_w: np.ndarray) -> float:
-    """ESS/N = (sum w)^2 / (N sum w^2), w = exp(log_w), in log space (CONVENTIONS.md).
+    """ESS/N = (sum w)^2 / (N sum w^2), w = exp(log_w), in log space (docs/conventions.md).
 
     N counts every draw: log w = -inf is a zero weight and lowers ESS/N. A draw with log w = NaN
     or +inf is a failure: the result is NaN (never a number that looks fine), so the caller sees

@@ -3,7 +3,7 @@ a Fourier-space Gaussian layer, a zero-mode layer and the flow built from a :cla
 
     log q(phi) = log N(z; 0, 1) - sum_layers log|det J_layer|,    phi = f(z)
 
-See the module docstrings for formulae and references; conventions in CONVENTIONS.md.
+See the module docstrings for formulae and references; conventions in docs/conventions.md.
 """
 
 from lattice_flows.flows.bijections import AffineBijection, make_bijection

@@ -1,4 +1,4 @@
-"""Element-wise bijections, separate from the coupling mechanism (DESIGN.md; the zuko library
+"""Element-wise bijections, separate from the coupling mechanism (the zuko library
 separates transforms from conditioners the same way).
 
 A bijection acts site by site on the active sites with parameters produced by a conditioner. It

@@ -69,7 +69,7 @@ flow map's singular values stay within [e^-Lmax, e^Lmax].
 
 Initialisation: W = 0 (the fresh layer is the identity, log-det 0), omega_c = 5 c / n_frequencies
 (spread over (0, 5] like the anchor's uniform initialisation). No batch statistics: every
-configuration is integrated independently. Conventions (lattice, action, log q): CONVENTIONS.md
+configuration is integrated independently. Conventions (lattice, action, log q): docs/conventions.md
 ("Lattice", "Action", "Statistics").
 
 Example::

@@ -1,4 +1,4 @@
-"""Coupling layer: a mask, a conditioner and an element-wise bijection (DESIGN.md).
+"""Coupling layer: a mask, a conditioner and an element-wise bijection.
 
 With A the active sites (mask True) and F the frozen ones (Albergo et al. 2021,
 arXiv:2101.08176; Dinh et al. 2016, arXiv:1605.08803)::

@@ -9,9 +9,9 @@ running total through the layers and the prior's log density are float64 too, so
 float64 whatever the flow's dtype (the per-site terms keep the flow's dtype; the rounding of
 float32 totals of size ~V would otherwise bias log w at V = 4096 and in d = 3, 4).
 :meth:`Flow.sample` evaluates log q in the same pass as phi; :meth:`Flow.log_prob` runs the
-inverse. Independence Metropolis and reweighting (w = exp(-S - log q), CONVENTIONS.md,
+inverse. Independence Metropolis and reweighting (w = exp(-S - log q), docs/conventions.md,
 "Statistics") are exact only when log q(phi) of one sample does not depend on the other batch
-members: no layer may use batch statistics (DESIGN.md, "Traps seen in public code"), and none
+members: no layer may use batch statistics, and none
 here does.
 
 The flow is size-agnostic: masks are checkerboard unit cells tiled to the input, the

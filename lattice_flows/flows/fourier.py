@@ -19,7 +19,7 @@ by ~V eps32 (4e-4 at V = 4096), a bias that grows with V, where rounding the out
 ~sqrt(V) eps32.
 
 For z ~ N(0, 1) the output has Cov = C^2 with C the circulant of sigma. The free field has
-Cov = (2K)^-1, K = -Laplacian + m2 (CONVENTIONS.md, "Exact free-field results"), i.e.
+Cov = (2K)^-1, K = -Laplacian + m2 (docs/conventions.md, "Exact free-field results"), i.e.
 sigma_free(p) = 1 / sqrt(2 (m2 + phat^2)).
 
 Parametrisation (size-agnostic: no parameter depends on L)::
@@ -38,7 +38,7 @@ builder uses m2_init = m2 for m2 > 0 and 1.0 otherwise
 (:func:`lattice_flows.flows.flow.fourier_m2_init`).
 
 Motivation: in the prototype this layer was the largest single gain at the tutorial point
-(DESIGN.md, "Measured hints").
+(docs/ablation_flow_training.md).
 
 Example::
 

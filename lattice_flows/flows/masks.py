@@ -1,4 +1,4 @@
-"""Checkerboard masks: plain boolean tensors, no class hierarchy (DESIGN.md, "masks are data").
+"""Checkerboard masks: plain boolean tensors, no class hierarchy.
 
     checkerboard(shape, parity)[x] = ((sum_mu x_mu) % 2 == parity)
 

@@ -8,7 +8,7 @@ periodically, once or before every convolution, whichever is cheaper for the lat
 net is equivariant under all lattice translations and its weights do not depend on L. There
 is no batch normalisation or any other operation that mixes batch members: log q(phi) of one
 sample never depends on the rest of the batch, which the exactness of independence Metropolis
-requires (DESIGN.md, "Traps seen in public code").
+requires.
 
 The last convolution starts at zero weights and bias, so a fresh coupling layer is the identity.
 

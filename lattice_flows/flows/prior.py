@@ -6,7 +6,7 @@ The sum over sites is accumulated in float64 whatever the dtype of z (at V = 409
 float32 total has a rounding error far above that of the per-site terms; docs/conventions.md,
 "Statistics": log w in float64), so ``log_prob`` returns float64.
 
-A batch has shape ``(batch, L_1, ..., L_d)`` (CONVENTIONS.md, "Lattice"). ``log_prob`` reads the
+A batch has shape ``(batch, L_1, ..., L_d)`` (docs/conventions.md, "Lattice"). ``log_prob`` reads the
 lattice shape from its argument, so the same prior object serves every lattice size.
 
 Example::

@@ -4,7 +4,7 @@
 MCMC: proposals are generated in big no-grad batches (``sample.batch_size`` per flow call,
 spread over the ``n_chains`` columns), then the cheap sequential accept/reject of
 :func:`lattice_flows.metropolis.accept_reject` runs in float64 with
-w = exp(-S - log q) (CONVENTIONS.md "Statistics"). The first state of each chain is a flow
+w = exp(-S - log q) (docs/conventions.md "Statistics"). The first state of each chain is a flow
 sample. Output ``samples.h5``: the layout of :mod:`lattice_flows.io.hdf5` plus ``/log_q`` and
 ``/log_w`` of the chain's current state, so every reader and analysis works on it as on HMC.
 

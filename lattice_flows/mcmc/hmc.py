@@ -1,7 +1,7 @@
 """Hybrid Monte Carlo for many independent chains advanced together as one batch.
 
 Hamiltonian H(phi, pi) = 1/2 sum_x pi(x)^2 + S(phi) with S and dS/dphi from
-:class:`~lattice_flows.theory.phi4.Phi4Action` (CONVENTIONS.md, "Action"). A trajectory draws
+:class:`~lattice_flows.theory.phi4.Phi4Action` (docs/conventions.md, "Action"). A trajectory draws
 pi ~ N(0, 1), integrates Hamilton's equations with a reversible, volume-preserving integrator
 (leapfrog, or Omelyan's 2nd-order minimum-norm scheme with lambda = 0.1931833) and accepts with
 probability min(1, exp(-dH)), evaluated in float64.
@@ -11,7 +11,7 @@ The trajectory (phi, pi, forces) runs in the dtype of the chains, ``hmc.dtype`` 
 float64.
 
 The number of integration steps is jittered per trajectory, uniform in
-[(1 - jitter) n_steps, (1 + jitter) n_steps] (CONVENTIONS.md, "Practical notes": a fixed
+[(1 - jitter) n_steps, (1 + jitter) n_steps] (docs/conventions.md, "Practical notes": a fixed
 trajectory length resonates with free-field modes). The jitter is drawn independently of the
 state, so every trajectory is a valid Metropolis step. The step size is tuned only during
 thermalisation, by dual averaging (Hoffman & Gelman 2014, arXiv:1111.4246, Alg. 5) toward a

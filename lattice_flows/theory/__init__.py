@@ -1,4 +1,4 @@
-"""Lattice field theory: the phi^4 action and its parametrizations (CONVENTIONS.md)."""
+"""Lattice field theory: the phi^4 action and its parametrizations (docs/conventions.md)."""
 
 from lattice_flows.theory.phi4 import Phi4Action, hopping_to_standard, standard_to_hopping
 

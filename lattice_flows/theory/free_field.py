@@ -1,4 +1,4 @@
-"""Exact results of the free field (lam = 0, m2 > 0), CONVENTIONS.md "Exact free-field results".
+"""Exact results of the free field (lam = 0, m2 > 0), docs/conventions.md "Exact free-field results".
 
 p(phi) ∝ exp(-phi^T K phi), K = -Laplacian + m2, so Cov = (2K)^-1 and
 

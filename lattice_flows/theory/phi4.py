@@ -1,12 +1,12 @@
 """The scalar phi^4 action on a periodic hypercubic lattice.
 
-Conventions (``CONVENTIONS.md``, section "Action", parametrization "m2-lambda")::
+Conventions (``docs/conventions.md``, section "Action", parametrization "m2-lambda")::
 
     S(phi) = sum_x [ sum_mu (phi(x+mu) - phi(x))^2 + m2 phi(x)^2 + lam phi(x)^4 ]
     dS/dphi(x) = 2 sum_mu (2 phi(x) - phi(x+mu) - phi(x-mu)) + 2 m2 phi(x) + 4 lam phi(x)^3
 
 S is summed over sites in float64 whatever the dtype of phi (the per-site density keeps phi's
-dtype): log w = -S - log q is formed from two float64 totals of size ~V (CONVENTIONS.md,
+dtype): log w = -S - log q is formed from two float64 totals of size ~V (docs/conventions.md,
 "Statistics"). The force dS/dphi is per site and stays in phi's dtype.
 
 A batch of configurations is a tensor of shape ``(batch, L_1, ..., L_d)``; the lattice axes are
@@ -28,7 +28,7 @@ import torch
 
 
 def hopping_to_standard(kappa: float, lam_hop: float, ndim: int) -> tuple[float, float]:
-    """Map the hopping parametrization to (m2, lam), CONVENTIONS.md "Hopping parametrization".
+    """Map the hopping parametrization to (m2, lam), docs/conventions.md "Hopping parametrization".
 
     With phi = sqrt(kappa) * varphi::
 
@@ -61,7 +61,7 @@ def standard_to_hopping(m2: float, lam: float, ndim: int) -> tuple[float, float]
 
 @dataclass(frozen=True)
 class Phi4Action:
-    """phi^4 action S(phi; m2, lam) in the "m2-lambda" convention of CONVENTIONS.md.
+    """phi^4 action S(phi; m2, lam) in the "m2-lambda" convention of docs/conventions.md.
 
     Args:
         m2: bare mass squared m^2 (may be negative when lam > 0).
@@ -93,7 +93,7 @@ class Phi4Action:
     action = __call__
 
     def force(self, phi: torch.Tensor) -> torch.Tensor:
-        """The gradient dS/dphi(x), same shape as ``phi`` (CONVENTIONS.md, "Force for HMC")."""
+        """The gradient dS/dphi(x), same shape as ``phi`` (docs/conventions.md, "Force for HMC")."""
         dims = self._dims(phi)
         lap = torch.zeros_like(phi)
         for mu in dims:
@@ -103,7 +103,7 @@ class Phi4Action:
     def kinetic_matrix_eigenvalues(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Eigenvalues m2 + sum_mu 4 sin^2(p_mu/2) of K = -Laplacian + m2 on all momenta.
 
-        Used by the free-field exact results (CONVENTIONS.md, "Exact free-field results").
+        Used by the free-field exact results (docs/conventions.md, "Exact free-field results").
         """
         grids = torch.meshgrid(
             *[2 * torch.pi * torch.arange(n, dtype=torch.float64) / n for n in shape],

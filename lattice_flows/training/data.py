@@ -11,7 +11,7 @@ validation part (the last ``validation_fraction`` of the saved rows, for every c
 held-out NLL measures generalisation rather than memorisation.
 
 Optional Z2 augmentation: each configuration's sign is flipped with probability 1/2. The target
-p(phi) = p(-phi) is exactly symmetric (CONVENTIONS.md), so this never biases the objective and
+p(phi) = p(-phi) is exactly symmetric (docs/conventions.md), so this never biases the objective and
 helps where the data do not tunnel (broken phase).
 """
 

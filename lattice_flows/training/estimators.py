@@ -1,6 +1,6 @@
 """Gradient estimators: objects that take a flow and return a scalar loss to minimise.
 
-They are separate from the flow (DESIGN.md) and interchangeable in the trainer.
+They are separate from the flow and interchangeable in the trainer.
 
 * Reverse KL, reparametrisation trick: D(q||p) + log Z = E_{z~N}[log q(f(z)) + S(f(z))].
 * Reverse KL, path gradient (Vaitl, Nicoli, Nakajima, Kessel 2022, arXiv:2207.08219): the same
