@@ -3,7 +3,7 @@
 
 Per observable: each run's value ± Γ-method error (τ_int), the z-score of the difference to the
 reference run, z = (O_i − O_ref) / sqrt(σ_i² + σ_ref²), the ratio τ_int,i / τ_int,ref and the
-ratio of CPU-seconds per effective sample, CPU-s × 2 τ_int / N (CONVENTIONS.md "Statistics";
+ratio of CPU-seconds per effective sample, CPU-s × 2 τ_int / N (docs/conventions.md "Statistics";
 :func:`lattice_flows.analysis.compare`). ``--train-cost`` adds the flow's training CPU-s
 (``train_cpu_s`` of ``train_summary.json`` next to the flow that made the samples) to every
 flow run's cost, i.e. amortises training over the samples of this run.

@@ -6,7 +6,7 @@ Every sample file of the given run folders (or the given HDF5 files) is analysed
 errors with automatic windowing (S = 1.5) and tau_int +- its error for the primary
 observables; derived quantities (U4, m_eff) by linear error propagation; importance-sampling
 files get self-normalised reweighted averages (tau_int = 1/2 by construction).
-See CONVENTIONS.md, "Observables" and "Statistics".
+See docs/conventions.md, "Observables" and "Statistics".
 
 Example::
 

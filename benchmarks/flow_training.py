@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/flow_training.py [--budget 150] [--quick] [--seed S] [--out DIR]
 
-At d = 2, L = 8, m2 = -4, lam = 8 (CONVENTIONS.md, "Standard test points", "tutorial") two flows
+At d = 2, L = 8, m2 = -4, lam = 8 (docs/conventions.md, "Standard test points", "tutorial") two flows
 are trained with :func:`lattice_flows.training.trainer.train_flow`, each for ``--budget``
 CPU-seconds (``train.time_budget``, measured with ``time.process_time``) on ONE torch thread:
 
@@ -18,7 +18,7 @@ CPU-seconds (``train.time_budget``, measured with ``time.process_time``) on ONE 
 
 Each trained flow is then measured on 10,240 fresh samples (no grad, batches of 1024):
 
-* ``ess``: ESS/N = (sum w)^2 / (N sum w^2) over all 10,240 log-weights (CONVENTIONS.md);
+* ``ess``: ESS/N = (sum w)^2 / (N sum w^2) over all 10,240 log-weights (docs/conventions.md);
 * ``acceptance``: of ONE independence-Metropolis chain run over the 10,240 proposals in order
   (:func:`lattice_flows.flows.quality.chain_figures`; the first proposal only initialises it);
 * ``tau_int_absM``: tau_int of |M| of that chain's current state after each step (Gamma-method,

@@ -5,13 +5,13 @@ Usage::
 
     python benchmarks/hmc.py [--quick] [--threads N] [--n-chains C] [--sizes 8 16 32]
 
-For each L (default 8, 16, 32) at d = 2, m2 = -4, lam = 8 (CONVENTIONS.md, "Standard test
+For each L (default 8, 16, 32) at d = 2, m2 = -4, lam = 8 (docs/conventions.md, "Standard test
 points", "tutorial"), with float32 fields on the CPU:
 
 * ``n_chains`` independent chains advance together as one batch (:class:`HMC`), leapfrog,
-  nominal n_steps = 10 with jitter 0.5 (CONVENTIONS.md, "Practical notes");
+  nominal n_steps = 10 with jitter 0.5 (docs/conventions.md, "Practical notes");
 * thermalisation: the step size is tuned by :class:`DualAveraging` toward acceptance 0.8 and
-  then frozen at the dual-averaging estimate (CONVENTIONS.md: "Tune the step size only during
+  then frozen at the dual-averaging estimate (docs/conventions.md: "Tune the step size only during
   thermalisation"); a short stretch of further thermalisation runs at the frozen step size;
 * production: n_traj trajectories per chain; |M| and M^2 (from :func:`measure`) are recorded per
   chain per trajectory.

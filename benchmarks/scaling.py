@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/scaling.py [--ranks 1 2] [--repeats 2] [--quick]
 
-At the tutorial point (d = 2, L = 8, m2 = -4, lam = 8; CONVENTIONS.md "Standard test points")
+At the tutorial point (d = 2, L = 8, m2 = -4, lam = 8; docs/conventions.md "Standard test points")
 with the flow of ``configs/tutorial_flow.yaml`` (Fourier layer + 8 affine couplings, conv hidden
 [16, 16]), for each number of ranks K the driver launches ``mpiexec -n K python
 benchmarks/scaling.py --worker ...`` with OMP_NUM_THREADS=1 per rank, and the worker calls the
