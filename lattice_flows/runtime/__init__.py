@@ -6,7 +6,7 @@
 * :mod:`~lattice_flows.runtime.rows`: rows collected until a chunk is committed.
 
 It sits under ``training`` and ``mcmc`` (both call it) and above ``io`` and ``flows``; it
-imports neither training nor mcmc (docs/conventions.md; the layers are checked by
+imports neither training nor mcmc (the layer order is checked by
 ``tests/unit/test_import_layers.py``). Named ``runtime`` because ``.gitignore`` ignores every
-``runs/`` folder (the run folders of the configs).
+``runs/`` folder (the run folders of the configs). Conventions: docs/conventions.md.
 """
