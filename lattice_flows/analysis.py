@@ -49,6 +49,16 @@ class Rows(list):
     discard: int = 0
     weights: dict | None = None
 
+    def __getitem__(self, key):  # type: ignore[override]
+        """``rows[i]`` / ``rows[a:b]`` as a list; ``rows["M2"]``: the row of that observable."""
+        if isinstance(key, str):
+            for row in self:
+                if row.name == key:
+                    return row
+            raise KeyError(f"no observable {key!r} in this table; it has "
+                           f"{', '.join(r.name for r in self)}")
+        return super().__getitem__(key)
+
 
 FLOW_BURN_IN_FRACTION = 0.01
 

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from lattice_flows import __version__
+from lattice_flows._version import __version__
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-import lattice_flows
+from lattice_flows._version import __version__
 from lattice_flows.config import Config, FlowConfig
 from lattice_flows.flows.flow import Flow, build_flow
 from lattice_flows.io.checkpoint import CheckpointError, load_checkpoint
@@ -40,7 +40,7 @@ def flow_state(flow: Flow, cfg: Config) -> dict[str, Any]:
     assert cfg.flow is not None
     return {
         "kind": "flow",
-        "package_version": lattice_flows.__version__,
+        "package_version": __version__,
         "state_dict": cpu_state_dict(flow),
         "flow_config": cfg.to_dict()["flow"],
         "lattice_shape": list(cfg.lattice.shape),

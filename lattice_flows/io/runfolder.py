@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-import lattice_flows
+from lattice_flows._version import __version__
 from lattice_flows.config import Config, ConfigError, config_from_yaml_text
 from lattice_flows.faults import fault_point
 from lattice_flows.io.atomic import commit_file, storage_errors
@@ -28,7 +28,7 @@ from lattice_flows.io.atomic import commit_file, storage_errors
 
 def git_commit() -> str:
     """The git commit of the installed package source, or '' when not in a git checkout."""
-    src = Path(lattice_flows.__file__).resolve().parent
+    src = Path(__file__).resolve().parents[1]  # the lattice_flows package folder
     try:
         out = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "HEAD"],
@@ -51,7 +51,7 @@ def git_commit() -> str:
 def provenance(cfg: Config, mpi_size: int = 1, rank: int = 0) -> dict[str, Any]:
     """Metadata recorded in config.yaml headers and HDF5 attributes."""
     return {
-        "package_version": lattice_flows.__version__,
+        "package_version": __version__,
         "git_commit": git_commit(),
         "seed": cfg.seed,
         "hostname": socket.gethostname(),

@@ -1,0 +1,3 @@
+"""The package version (written into every run record and flow file)."""
+
+__version__ = "0.1.0"
