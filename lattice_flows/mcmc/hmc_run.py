@@ -11,22 +11,16 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
-from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
-from lattice_flows.io.hdf5 import SampleWriter
-from lattice_flows.io.lock import RunLock
-from lattice_flows.io.runfolder import config_yaml, provenance, write_config
+from lattice_flows.io.checkpoint import save_checkpoint
 from lattice_flows.logs import log
 from lattice_flows.mcmc.hmc import HMC, DualAveraging
-from lattice_flows.observables import measure, observable_specs
+from lattice_flows.observables import measure
 from lattice_flows.progress import progress_bar
-from lattice_flows.runtime.ranks import finish_parallel, production_paths
-from lattice_flows.runtime.resume import check_resumable
-from lattice_flows.runtime.rows import RowBuffer
+from lattice_flows.runtime.production import Advance, run_production
 from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.signals import StopRequested, stop_requested
 from lattice_flows.theory.phi4 import Phi4Action
@@ -47,7 +41,9 @@ def _initial_step_size(cfg: Config) -> float:
 def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
             world=None) -> Path:
     """Run (or resume, or extend) the HMC production of ``cfg``; returns the sample file path
-    (with several MPI ranks: the merged view of the rank files)."""
+    (with several MPI ranks: the merged view of the rank files). The production skeleton (lock,
+    resume, chunked commit + checkpoint, graceful stop) is :mod:`lattice_flows.runtime.production`;
+    :class:`HMCProducer` is the HMC part."""
     if cfg.hmc is None:
         raise ConfigError("config section 'hmc' is missing; it is required by 'lattice-flows hmc'.")
     h = cfg.hmc
@@ -58,115 +54,107 @@ def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tru
             "(or give a numeric hmc.step_size)."
         )
     run_dir = Path(run_dir or cfg.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rank = 0 if world is None else world.rank
-    with RunLock(run_dir, ".lock" if rank == 0 else f".lock.{rank}"):
-        path = _run_locked(cfg, run_dir, progress, world)
-    merged = finish_parallel(run_dir, "hmc", world)
-    return merged or path
+    return run_production(
+        lambda: HMCProducer(cfg, run_dir, progress and rank == 0, world), cfg, run_dir, world,
+        base="hmc", stage="hmc", lock_name=".lock" if rank == 0 else f".lock.{rank}", desc="hmc",
+        progress=progress,
+    )
 
 
-def _run_locked(cfg: Config, run_dir: Path, progress: bool, world) -> Path:
-    rank = 0 if world is None else world.rank
-    world_size = 1 if world is None else world.size
-    h = cfg.hmc
-    assert h is not None
-    device = resolve_device(cfg.device, 0 if world is None else world.local_rank)
-    dtype = resolve_dtype(h.dtype)  # HMC's own precision (hmc.dtype), not the flow's
-    action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
-    samples_path, ckpt_path = production_paths(run_dir, "hmc", world)
-    if ckpt_path.exists() or samples_path.exists():
-        check_resumable(run_dir, cfg, ("hmc",))
-    prov = provenance(cfg, world_size, rank)
-    if rank == 0:
-        write_config(run_dir, cfg, prov, "hmc")
-    n_rows_total = h.n_traj // h.save_every
-    gen = make_generator(device, derive_seed(cfg.seed, rank, 0))
-    hmc = HMC(action, _initial_step_size(cfg), h.n_steps, h.integrator, h.jitter, gen)
+class HMCProducer:
+    """HMC chains for :func:`~lattice_flows.runtime.production.run_production`: thermalise
+    (tune eps) on a fresh start, then one trajectory per :meth:`advance`, a row every
+    ``hmc.save_every`` trajectories (``accepted``: any acceptance since the last row)."""
 
-    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if state is not None:
-        _check_checkpoint(state, ckpt_path, cfg)
-    if state is None or state.get("phase") == THERM_PHASE:
-        phi, cpu_used = _thermalise(cfg, hmc, gen, device, dtype, state, ckpt_path, run_dir,
-                                    progress and rank == 0)
-        traj, n_acc, n_tried = 0, 0, 0
-        save_checkpoint(_ckpt(phi, gen, hmc.step_size, 0, 0, 0, cpu_used), ckpt_path)
-    else:
-        phi = state["phi"].to(device=device, dtype=dtype)
-        gen.set_state(state["rng"])
-        hmc.step_size = float(state["step_size"])
-        traj = int(state["traj"])
-        n_acc, n_tried = int(state["n_accepted"]), int(state["n_tried"])
-        cpu_used = float(state.get("cpu_s", 0.0))
-        log.info("resuming %s at trajectory %d of %d", run_dir, traj, h.n_traj)
+    kind = "hmc"
 
-    attrs = {
-        "kind": "hmc",
-        "config": config_yaml(cfg),
-        "lattice_shape": np.asarray(cfg.lattice.shape),
-        "m2": cfg.action.m2,
-        "lam": cfg.action.lam,
-        "step_size": hmc.step_size,
-        "hmc_dtype": h.dtype,
-        **{k: v for k, v in prov.items() if k != "created"},
-    }
-    specs = {"action": ((), np.float64), "accepted": ((), np.bool_),
-             **observable_specs(cfg.lattice.shape, cfg.output.store_G)}
-    writer = SampleWriter(samples_path, attrs, h.n_chains, cfg.lattice.shape, specs)
-    rows_done = traj // h.save_every
-    writer.truncate(rows_done)  # rows written after the last checkpoint are regenerated
+    def __init__(self, cfg: Config, run_dir: Path, show: bool, world) -> None:
+        h = cfg.hmc
+        assert h is not None
+        self.cfg, self.h, self.run_dir, self.show = cfg, h, run_dir, show
+        rank = 0 if world is None else world.rank
+        self.device = resolve_device(cfg.device, 0 if world is None else world.local_rank)
+        self.dtype = resolve_dtype(h.dtype)  # HMC's own precision (hmc.dtype), not the flow's
+        self.action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
+        self.n_chains, self.total = h.n_chains, h.n_traj
+        self.n_rows_total = h.n_traj // h.save_every
+        self.gen = make_generator(self.device, derive_seed(cfg.seed, rank, 0))
+        self.hmc = HMC(self.action, _initial_step_size(cfg), h.n_steps, h.integrator, h.jitter,
+                       self.gen)
+        self.acc_since_save = torch.zeros(h.n_chains, dtype=torch.bool, device=self.device)
+        self.acc_per_chain = torch.zeros(h.n_chains, dtype=torch.int64, device=self.device)
 
-    buf = RowBuffer()
-    acc_since_save = torch.zeros(h.n_chains, dtype=torch.bool, device=device)
-    acc_per_chain = torch.zeros(h.n_chains, dtype=torch.int64, device=device)
-    t0 = time.perf_counter()
-    cpu0 = time.process_time()
-    start_traj = traj
-    bar = progress_bar(total=h.n_traj, initial=traj, desc="hmc", enabled=progress and rank == 0)
-    while traj < h.n_traj:
-        phi, acc, prob, s_new = hmc.step(phi)
-        traj += 1
-        n_acc += int(acc.sum())
-        n_tried += acc.numel()
-        acc_since_save |= acc
-        acc_per_chain += acc
-        if traj % h.save_every == 0:
-            obs = measure(phi, action, cfg.output.store_G)
-            row = {
-                "configs": phi.detach().to(torch.float32).cpu().numpy(),
-                "action": s_new.cpu().numpy(),
-                "accepted": acc_since_save.cpu().numpy(),
-            }
-            row.update({f"observables/{k}": v.cpu().numpy() for k, v in obs.items()})
-            buf.add(row)
-            acc_since_save = torch.zeros_like(acc_since_save)
-            stop = stop_requested()
-            if buf.n >= cfg.output.chunk_rows or traj // h.save_every == n_rows_total or stop:
-                cpu_now = cpu_used + time.process_time() - cpu0
-                writer.append(buf.take(), attrs={"cpu_s": cpu_now, "n_traj_done": traj,
-                                                 "acceptance": n_acc / max(1, n_tried)})
-                save_checkpoint(
-                    _ckpt(phi, gen, hmc.step_size, traj, n_acc, n_tried, cpu_now), ckpt_path
-                )
-                if stop:
-                    bar.close()
-                    raise StopRequested(stop, str(samples_path))
-        bar.update(1)
-        if bar.enabled and n_tried:
-            bar.set_postfix(acc=f"{n_acc / n_tried:.3f}")
-    bar.close()
-    dt = time.perf_counter() - t0
-    _warn_stuck_chains(acc_per_chain.cpu(), traj - start_traj)
-    if traj > start_traj:
-        log.info(
-            "HMC done: %d trajectories in %.1f s (%.1f traj/s), acceptance %.3f, %d rows in %s",
-            traj - start_traj, dt, (traj - start_traj) / dt, n_acc / max(1, n_tried),
-            writer.n_saved(), samples_path,
-        )
-    else:
-        log.info("HMC run %s is already complete (%d trajectories)", run_dir, traj)
-    return samples_path
+    def start(self, state: dict | None, ckpt_path: Path) -> None:
+        h = self.h
+        if state is not None:
+            _check_checkpoint(state, ckpt_path, self.cfg)
+        if state is None or state.get("phase") == THERM_PHASE:
+            self.phi, self.cpu_s = _thermalise(self.cfg, self.hmc, self.gen, self.device,
+                                               self.dtype, state, ckpt_path, self.run_dir,
+                                               self.show)
+            self.step, self.n_acc, self.n_tried = 0, 0, 0
+            save_checkpoint(_ckpt(self.phi, self.gen, self.hmc.step_size, 0, 0, 0, self.cpu_s),
+                            ckpt_path)
+        else:
+            self.phi = state["phi"].to(device=self.device, dtype=self.dtype)
+            self.gen.set_state(state["rng"])
+            self.hmc.step_size = float(state["step_size"])
+            self.step = int(state["traj"])
+            self.n_acc, self.n_tried = int(state["n_accepted"]), int(state["n_tried"])
+            self.cpu_s = float(state.get("cpu_s", 0.0))
+            log.info("resuming %s at trajectory %d of %d", self.run_dir, self.step, h.n_traj)
+
+    def rows_done(self) -> int:
+        return self.step // self.h.save_every
+
+    def file_attrs(self) -> dict:
+        return {"step_size": self.hmc.step_size, "hmc_dtype": self.h.dtype}
+
+    def row_specs(self) -> dict:
+        return {}
+
+    def advance(self) -> Advance:
+        """One trajectory; a row when it completes a group of ``hmc.save_every``."""
+        self.phi, acc, _, s_new = self.hmc.step(self.phi)
+        self.step += 1
+        self.n_acc += int(acc.sum())
+        self.n_tried += acc.numel()
+        self.acc_since_save |= acc
+        self.acc_per_chain += acc
+        if self.step % self.h.save_every:
+            return Advance(can_commit=False)
+        obs = measure(self.phi, self.action, self.cfg.output.store_G)
+        row = {
+            "configs": self.phi.detach().to(torch.float32).cpu().numpy(),
+            "action": s_new.cpu().numpy(),
+            "accepted": self.acc_since_save.cpu().numpy(),
+        }
+        row.update({f"observables/{k}": v.cpu().numpy() for k, v in obs.items()})
+        self.acc_since_save = torch.zeros_like(self.acc_since_save)
+        return Advance([row], last=self.step // self.h.save_every == self.n_rows_total)
+
+    def postfix(self) -> dict | None:
+        return {"acc": f"{self.n_acc / self.n_tried:.3f}"} if self.n_tried else None
+
+    def commit_attrs(self, cpu_s: float) -> dict:
+        return {"cpu_s": cpu_s, "n_traj_done": self.step,
+                "acceptance": self.n_acc / max(1, self.n_tried)}
+
+    def checkpoint(self, cpu_s: float) -> dict:
+        return _ckpt(self.phi, self.gen, self.hmc.step_size, self.step, self.n_acc, self.n_tried,
+                     cpu_s)
+
+    def finish(self, steps_run: int, seconds: float, samples_path: Path, n_rows: int) -> None:
+        _warn_stuck_chains(self.acc_per_chain.cpu(), steps_run)
+        if steps_run > 0:
+            log.info(
+                "HMC done: %d trajectories in %.1f s (%.1f traj/s), acceptance %.3f, %d rows in %s",
+                steps_run, seconds, steps_run / seconds, self.n_acc / max(1, self.n_tried),
+                n_rows, samples_path,
+            )
+        else:
+            log.info("HMC run %s is already complete (%d trajectories)", self.run_dir, self.step)
 
 
 def _warn_stuck_chains(acc_per_chain: torch.Tensor, n_traj: int) -> list[int]:
