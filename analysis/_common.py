@@ -3,7 +3,7 @@
 The scripts take run folders or HDF5 files. A run folder stands for its sample files (the
 order of :data:`lattice_flows.analysis.SAMPLE_FILE_NAMES`: samples.h5, importance.h5,
 hmc.h5) and, for the training plot, its ``train.h5``. A bad or foreign file
-raises :class:`lattice_flows.io.hdf5.DataFileError` (the message names the path and the
+raises :class:`lattice_flows.io.sample_format.DataFileError` (the message names the path and the
 reason); :func:`main_guard` turns it into one line on stderr and exit status 2.
 """
 
@@ -19,7 +19,8 @@ from typing import Callable, Iterable, Sequence
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from lattice_flows.io.hdf5 import DataFileError, SampleFile  # noqa: E402
+from lattice_flows.io.sample_format import DataFileError  # noqa: E402
+from lattice_flows.io.sample_reader import SampleFile  # noqa: E402
 
 KIND_LABELS = {"hmc": "HMC", "flow-mcmc": "flow MCMC", "flow-importance": "flow IS"}
 

@@ -58,7 +58,7 @@ from lattice_flows.config import apply_overrides, config_from_dict, load_raw  # 
 from lattice_flows.devices import resolve_device  # noqa: E402
 from lattice_flows.flows.flowfile import load_flow  # noqa: E402
 from lattice_flows.flows.quality import evaluate_flow  # noqa: E402
-from lattice_flows.io.hdf5 import SampleFile  # noqa: E402
+from lattice_flows.io.sample_reader import SampleFile  # noqa: E402
 from lattice_flows.mcmc.hmc_run import run_hmc  # noqa: E402
 from lattice_flows.runtime.seeds import derive_seed, make_generator  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lattice_flows.io.hdf5 import DataFileError, SampleFile
+from lattice_flows.io.sample_format import DataFileError
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.statistics import DEFAULT_S, Estimate, estimate_obs, gamma_method, make_obs
 from lattice_flows import weights as W
 

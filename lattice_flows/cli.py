@@ -91,7 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from lattice_flows.analysis import analyze_samples, find_sample_files, format_table, rows_to_json
-    from lattice_flows.io.hdf5 import SampleFile
+    from lattice_flows.io.sample_reader import SampleFile
 
     out = []
     for path in find_sample_files(args.path):
@@ -115,7 +115,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from lattice_flows.io.hdf5 import SampleFile, verify_sample_file
+    from lattice_flows.io.sample_reader import SampleFile
+    from lattice_flows.io.sample_verify import verify_sample_file
 
     sf = SampleFile(args.file)
     if args.verify:
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from lattice_flows.config import ConfigError
     from lattice_flows.io.checkpoint import CheckpointError
     from lattice_flows.io.atomic import StorageError
-    from lattice_flows.io.hdf5 import DataFileError
+    from lattice_flows.io.sample_format import DataFileError
     from lattice_flows.io.lock import RunLockedError
     from lattice_flows.mcmc.flow_run import SamplingError
     from lattice_flows.training.trainer import TrainingError

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lattice_flows.analysis import analyze_samples, compare, format_comparison, format_table
 from lattice_flows.config import Config, ConfigError
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.io.runfolder import write_text_atomic
 from lattice_flows.logs import log
 

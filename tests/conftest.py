@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from lattice_flows.io.checkpoint import load_checkpoint
-from lattice_flows.io.hdf5 import SampleFile, verify_sample_file
+from lattice_flows.io.sample_reader import SampleFile
+from lattice_flows.io.sample_verify import verify_sample_file
 from lattice_flows.io.train_log import read_train_log
 
 torch.set_num_threads(1)

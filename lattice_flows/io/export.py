@@ -15,7 +15,7 @@ HDF5 reader (h5py, h5dump, HDFView) reads whole, with no folder beside it:
 
 The source is verified first (``verify_sample_file``: a damaged one is refused), the export is
 written under a temporary name, verified, fsynced and renamed (io/atomic.py). Exports are read by
-:class:`~lattice_flows.io.hdf5.SampleFile` like the source, but never extended: resume and extend
+:class:`~lattice_flows.io.sample_reader.SampleFile` like the source, but never extended: resume and extend
 the run folder, then export again.
 """
 
@@ -30,14 +30,9 @@ import h5py
 import numpy as np
 
 from lattice_flows.io.atomic import commit_file, storage_errors
-from lattice_flows.io.hdf5 import (
-    _COPY_BYTES,
-    LAYOUT_SELF_CONTAINED,
-    DataFileError,
-    SampleFile,
-    _chunk_rows,
-    verify_sample_file,
-)
+from lattice_flows.io.sample_format import COPY_BYTES, LAYOUT_SELF_CONTAINED, DataFileError, chunk_rows
+from lattice_flows.io.sample_reader import SampleFile
+from lattice_flows.io.sample_verify import verify_sample_file
 
 #: folder of the exports of a run folder (and default folder of a file's export)
 EXPORT_DIR = "export"
@@ -82,7 +77,7 @@ def export_sample_file(source: str | Path, out: str | Path) -> Path:
         specs = _datasets(f)
     n, n_chains = sf.n_saved, sf.n_chains
     row_bytes = {k: dt.itemsize * n_chains * math.prod(sh) for k, (sh, dt) in specs.items()}
-    step = max(1, _COPY_BYTES // max(1, sum(row_bytes.values())))
+    step = max(1, COPY_BYTES // max(1, sum(row_bytes.values())))
     tmp = out.with_name(out.name + ".tmp")
     with storage_errors(out, cleanup=tmp):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +95,7 @@ def export_sample_file(source: str | Path, out: str | Path) -> Path:
                     f.create_dataset(name, shape=(0, *row), dtype=dtype)
                     continue
                 f.create_dataset(name, shape=(n, *row), dtype=dtype,
-                                 chunks=(min(n, _chunk_rows(row_bytes[name])), *row),
+                                 chunks=(min(n, chunk_rows(row_bytes[name])), *row),
                                  compression="gzip" if gz else None,
                                  compression_opts=4 if gz else None, shuffle=gz)
             index = []

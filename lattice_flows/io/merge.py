@@ -7,7 +7,7 @@ chains of all ranks. The view holds no data (relative links to the rank files, r
 the view): keep the folder together. Attributes: those of rank 0, with ``n_chains`` and
 ``n_saved`` of the view, ``merged_from`` (the rank files) and the summed ``cpu_s``.
 Like every virtual dataset of the package the view fills what HDF5 cannot read (a missing rank
-file, a lost part) with NaN (float datasets; see :func:`lattice_flows.io.hdf5.fill_value`).
+file, a lost part) with NaN (float datasets; see :func:`lattice_flows.io.sample_format.fill_value`).
 ``lattice-flows export`` writes the view as one self-contained file (io/export.py).
 """
 
@@ -21,7 +21,8 @@ import h5py
 import numpy as np
 
 from lattice_flows.io.atomic import commit_file, storage_errors
-from lattice_flows.io.hdf5 import SampleFile, fill_value
+from lattice_flows.io.sample_format import fill_value
+from lattice_flows.io.sample_reader import SampleFile
 
 
 def _datasets(f: h5py.File) -> list[str]:

@@ -90,7 +90,7 @@ class TrainLog:
 
 def read_train_log(path: str | Path) -> dict[str, np.ndarray]:
     """All metric arrays of a ``train.h5`` (refuses files of another format)."""
-    from lattice_flows.io.hdf5 import DataFileError
+    from lattice_flows.io.sample_format import DataFileError
 
     path = Path(path)
     try:

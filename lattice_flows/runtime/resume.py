@@ -3,7 +3,7 @@
 A production run (HMC or flow chain) keeps its state in a run folder::
 
     config.yaml        resolved config with provenance header
-    <kind>.h5          the samples (lattice_flows.io.hdf5 layout)
+    <kind>.h5          the samples (lattice_flows.io.sample_format layout)
     <kind>.ckpt        the last checkpoint (atomic), written right after each committed chunk
     .lock              held while a process writes the folder
 

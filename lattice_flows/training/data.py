@@ -1,11 +1,11 @@
 """Mini-batches of configurations from a lattice_flows HDF5 sample file.
 
-Every read goes through :class:`~lattice_flows.io.hdf5.SampleFile` (part by part; a merged MPI
+Every read goes through :class:`~lattice_flows.io.sample_reader.SampleFile` (part by part; a merged MPI
 view rank file by rank file), never through the HDF5 virtual datasets, which HDF5 silently fills
 for parts it cannot open (more parts than ``ulimit -n``, README "Run folders and HDF5 output").
 Configurations that fit in ``max_memory_bytes`` (default :data:`IN_MEMORY_BYTES`) are read once
 and kept in memory; a larger file is read per batch, only the requested rows, through a
-:class:`~lattice_flows.io.hdf5.RowReader` that keeps the part files it holds open between
+:class:`~lattice_flows.io.sample_reader.RowReader` that keeps the part files it holds open between
 batches. Both give the same batches. Rows are split once into a training and a held-out
 validation part (the last ``validation_fraction`` of the saved rows, for every chain), so the
 held-out NLL measures generalisation rather than memorisation.
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lattice_flows.io.hdf5 import DataFileError, RowReader, SampleFile
+from lattice_flows.io.sample_format import DataFileError
+from lattice_flows.io.sample_reader import RowReader, SampleFile
 
 #: configurations up to this size (bytes) are read once into memory
 IN_MEMORY_BYTES = 1 << 30

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lattice_flows.cli import main
-from lattice_flows.io.hdf5 import verify_sample_file
+from lattice_flows.io.sample_verify import verify_sample_file
 from tests.conftest import tiny_hmc_raw, write_config
 
 

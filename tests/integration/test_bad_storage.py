@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lattice_flows.io.hdf5 import SampleFile, verify_sample_file
+from lattice_flows.io.sample_reader import SampleFile
+from lattice_flows.io.sample_verify import verify_sample_file
 from tests.conftest import assert_same_samples, cli, tiny_hmc_raw, write_config
 
 

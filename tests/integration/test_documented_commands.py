@@ -40,7 +40,7 @@ import pytest
 
 from lattice_flows.cli import main
 from lattice_flows.config import load_config
-from lattice_flows.io.hdf5 import verify_sample_file
+from lattice_flows.io.sample_verify import verify_sample_file
 from tests.integration.doc_commands import REPO, DocLine, Scenario, all_scenarios, shrink_overrides
 
 MPIEXEC = shutil.which("mpiexec")

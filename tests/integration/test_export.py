@@ -14,9 +14,11 @@ import h5py
 import numpy as np
 import pytest
 
-import lattice_flows.io.hdf5 as hdf5
+import lattice_flows.io.sample_writer as sample_writer
 from lattice_flows.cli import main
-from lattice_flows.io.hdf5 import DataFileError, SampleFile, SampleWriter
+from lattice_flows.io.sample_format import DataFileError
+from lattice_flows.io.sample_reader import SampleFile
+from lattice_flows.io.sample_writer import SampleWriter
 from tests.conftest import tiny_hmc_raw, write_config
 from tests.unit.test_sample_store import SPECS, merged_view, rows, writer
 
@@ -55,7 +57,7 @@ def _assert_plain_h5py_reads_source(copy, source) -> None:
 
 
 def test_export_of_a_file_and_of_a_merged_view_is_read_whole_alone(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(hdf5, "MERGE_FAN_IN", 4)  # merged parts of two levels, and fresh ones
+    monkeypatch.setattr(sample_writer, "MERGE_FAN_IN", 4)  # merged parts of two levels, and fresh ones
     rng = np.random.default_rng(21)
     w = writer(tmp_path / "run" / "s.h5")
     for i in range(19):

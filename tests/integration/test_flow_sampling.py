@@ -16,7 +16,7 @@ import torch
 from lattice_flows.analysis import analyze_samples
 from lattice_flows.cli import main
 from lattice_flows.config import config_from_dict
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.flows.flowfile import load_flow
 from lattice_flows.flows.quality import propose
 from lattice_flows.mcmc.flow_run import run_sample

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lattice_flows.config import config_from_dict
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.flow_run import run_sample
 from lattice_flows.mcmc.hmc_run import run_hmc
 from lattice_flows.statistics import gamma_method

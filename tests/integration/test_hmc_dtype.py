@@ -13,7 +13,7 @@ import yaml
 
 from lattice_flows.config import ConfigError, config_from_dict
 from lattice_flows.io.checkpoint import load_checkpoint
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.hmc_run import run_hmc
 from lattice_flows.statistics import gamma_method
 from lattice_flows.theory.free_field import exact_susceptibility, exact_two_point

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lattice_flows.config import config_from_dict, config_from_yaml_text
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.hmc import HMC
 from lattice_flows.mcmc.hmc_run import run_hmc
 from lattice_flows.statistics import derived, gamma_method

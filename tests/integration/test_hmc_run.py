@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from lattice_flows.cli import main
-from lattice_flows.io.hdf5 import DataFileError, SampleFile, verify_sample_file
+from lattice_flows.io.sample_format import DataFileError
+from lattice_flows.io.sample_reader import SampleFile
+from lattice_flows.io.sample_verify import verify_sample_file
 from tests.conftest import cli, tiny_hmc_raw, write_config
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from lattice_flows.config import config_from_dict
 from lattice_flows.io.checkpoint import load_checkpoint
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.hmc_run import THERM_PHASE, run_hmc
 from tests.conftest import cli, tiny_hmc_raw, write_config
 

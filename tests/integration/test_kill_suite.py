@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from lattice_flows.io.hdf5 import SampleFile, verify_sample_file
+from lattice_flows.io.sample_reader import SampleFile
+from lattice_flows.io.sample_verify import verify_sample_file
 from lattice_flows.theory.phi4 import Phi4Action
 from tests.conftest import (
     assert_same_flow,

@@ -11,7 +11,7 @@ import torch
 
 from lattice_flows.cli import main
 from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.io.train_log import read_train_log
 from tests.conftest import cli, write_config
 

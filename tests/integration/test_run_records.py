@@ -25,7 +25,8 @@ import pytest
 
 from lattice_flows.cli import main
 from lattice_flows.io.checkpoint import load_checkpoint
-from lattice_flows.io.hdf5 import SampleFile, verify_sample_file
+from lattice_flows.io.sample_reader import SampleFile
+from lattice_flows.io.sample_verify import verify_sample_file
 from tests.integration.doc_commands import REPO, shrink_overrides
 
 

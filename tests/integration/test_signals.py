@@ -20,7 +20,7 @@ from typing import Callable
 
 from lattice_flows.config import config_from_dict
 from lattice_flows.io.checkpoint import load_checkpoint
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.io.train_log import read_train_log
 from lattice_flows.mcmc.hmc_run import run_hmc
 from lattice_flows.training.trainer import train_flow

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lattice_flows.cli import main
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from tests.conftest import cli, write_config
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lattice_flows.cli import main
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.training.data import ConfigurationStream
 from tests.conftest import tiny_hmc_raw, write_config
 from tests.mpi.test_mpi import MPIEXEC, NP, mpirun

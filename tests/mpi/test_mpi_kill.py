@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lattice_flows.io.hdf5 import verify_sample_file
+from lattice_flows.io.sample_verify import verify_sample_file
 from tests.conftest import (
     assert_same_flow,
     assert_same_samples,

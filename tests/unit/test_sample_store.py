@@ -8,14 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from lattice_flows.io.hdf5 import (
-    MERGE_FAN_IN,
-    DataFileError,
-    SampleFile,
-    SampleWriter,
-    part_name,
-    verify_sample_file,
-)
+from lattice_flows.io.sample_format import DataFileError, part_name
+from lattice_flows.io.sample_reader import SampleFile
+from lattice_flows.io.sample_verify import verify_sample_file
+from lattice_flows.io.sample_writer import MERGE_FAN_IN, SampleWriter
 
 SPECS = {"action": ((), np.float64), "accepted": ((), np.bool_), "observables/G": ((2, 2), np.float32)}
 
@@ -115,9 +111,9 @@ def test_many_parts_read_correctly_under_a_small_open_file_limit(tmp_path, monke
     import subprocess
     import sys
 
-    import lattice_flows.io.hdf5 as hdf5
+    import lattice_flows.io.sample_writer as sample_writer
 
-    monkeypatch.setattr(hdf5, "MERGE_FAN_IN", 10**6)  # keep every commit in its own part
+    monkeypatch.setattr(sample_writer, "MERGE_FAN_IN", 10**6)  # keep every commit in its own part
     rng = np.random.default_rng(5)
     w = writer(tmp_path / "s.h5")
     blocks = [rows(rng, 2) for _ in range(120)]
@@ -128,7 +124,8 @@ def test_many_parts_read_correctly_under_a_small_open_file_limit(tmp_path, monke
     script = (
         "import resource, sys, numpy as np\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))\n"
-        "from lattice_flows.io.hdf5 import SampleFile, verify_sample_file\n"
+        "from lattice_flows.io.sample_reader import SampleFile\n"
+        "from lattice_flows.io.sample_verify import verify_sample_file\n"
         f"sf = SampleFile({str(tmp_path / 's.h5')!r})\n"
         f"assert np.array_equal(sf.configs(), np.load({str(tmp_path / 'expected.npy')!r}))\n"
         f"assert verify_sample_file({str(tmp_path / 's.h5')!r}) == []\n"

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import torch
 
-import lattice_flows.io.hdf5 as hdf5
-from lattice_flows.io.hdf5 import SampleFile
+import lattice_flows.io.sample_writer as sample_writer
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.training.data import ConfigurationStream
 from tests.unit.test_sample_store import merged_view, rows, writer
 
@@ -20,7 +20,7 @@ from tests.unit.test_sample_store import merged_view, rows, writer
 # generator draws (train: the first rows, validation: the last 25% of rows, every chain).
 CHECK = """
 import resource, sys, numpy as np, torch
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.training.data import ConfigurationStream
 resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
 for path in sys.argv[1:]:
@@ -44,7 +44,7 @@ print("ok")
 
 
 def test_training_data_equal_sample_file_beyond_the_open_file_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(hdf5, "MERGE_FAN_IN", 10**6)  # keep every commit in its own part
+    monkeypatch.setattr(sample_writer, "MERGE_FAN_IN", 10**6)  # keep every commit in its own part
     rng = np.random.default_rng(11)
     w = writer(tmp_path / "one.h5")
     for _ in range(120):
