@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from lattice_flows.faults import fault_point
-from lattice_flows.io.atomic import commit_file, storage_errors
+from lattice_flows.io.atomic import write_atomic
 
 
 class CheckpointError(ValueError):
@@ -22,17 +21,9 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` atomically: a reader sees the old or the new checkpoint, never half."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     buf = io.BytesIO()
     torch.save(state, buf)
-    data = buf.getbuffer()
-    with storage_errors(path, cleanup=tmp):
-        with open(tmp, "wb") as fh:
-            fh.write(data[: len(data) // 2])
-            fault_point("checkpoint")
-            fh.write(data[len(data) // 2 :])
-        commit_file(tmp, path)
+    write_atomic(Path(path), buf.getbuffer(), "checkpoint", torn=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from lattice_flows.io.atomic import commit_file, storage_errors
+from lattice_flows.io.atomic import write_atomic
 from lattice_flows.io.sample_format import fill_value
 from lattice_flows.io.sample_reader import SampleFile
 
@@ -41,7 +41,6 @@ def write_merged_view(out: str | Path, rank_files: list[str | Path]) -> Path:
     n_saved = min(r.n_saved for r in readers)
     chains = [r.n_chains for r in readers]
     total = sum(chains)
-    tmp = out.with_name(out.name + ".tmp")
     bio = io.BytesIO()  # built in memory, then committed like every sample file (io/atomic.py)
     with h5py.File(files[0], "r") as f0:
         names = _datasets(f0)
@@ -67,7 +66,4 @@ def write_merged_view(out: str | Path, rank_files: list[str | Path]) -> Path:
                 layout[:, c0:c0 + c] = src[:n_saved]
                 c0 += c
             out_f.create_virtual_dataset(name, layout, fillvalue=fill_value(dtypes[name]))
-    with storage_errors(out, cleanup=tmp):
-        tmp.write_bytes(bio.getbuffer())
-        commit_file(tmp, out)
-    return out
+    return write_atomic(out, bio.getbuffer())

@@ -22,8 +22,7 @@ import yaml
 
 from lattice_flows._version import __version__
 from lattice_flows.config import Config, ConfigError, config_from_yaml_text
-from lattice_flows.faults import fault_point
-from lattice_flows.io.atomic import commit_file, storage_errors
+from lattice_flows.io.atomic import write_atomic
 
 
 def git_commit() -> str:
@@ -83,12 +82,8 @@ def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through :mod:`lattice_flows.io.atomic`: a temporary file,
     fsync, rename; a reader or a rerun after a kill sees the old or the new text, never a
     truncated one. Storage errors name the path and the reason."""
-    tmp = path.with_name(path.name + ".tmp")
-    with storage_errors(path, cleanup=tmp):
-        tmp.write_text(text)
-        fault_point(f"text.{path.name}")  # tests: a kill here leaves the old file and a .tmp
-        commit_file(tmp, path)
-    return path
+    # tests: a kill at the fault point leaves the old file and a complete .tmp
+    return write_atomic(path, text, f"text.{path.name}")
 
 
 def write_config(run_dir: Path, cfg: Config, prov: dict[str, Any], stage: str | None = None) -> Path:

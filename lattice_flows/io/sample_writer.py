@@ -14,8 +14,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from lattice_flows.faults import fault_point
-from lattice_flows.io.atomic import commit_file, storage_errors
+from lattice_flows.io.atomic import storage_errors, tmp_path_of, write_atomic
 from lattice_flows.io.sample_format import (
     COPY_BYTES,
     FORMAT_NAME,
@@ -36,15 +35,6 @@ MERGE_MAX_BYTES = 256 << 20  # larger parts are not merged further (merging is d
 def _attr_values(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Attribute values as HDF5 stores them: None becomes the empty string."""
     return {k: ("" if v is None else v) for k, v in attrs.items()}
-
-
-def _write_bytes(tmp: Path, data: memoryview, point: str) -> None:
-    """Write an HDF5 file built in memory. Building in memory keeps the HDF5 library away from
-    the disk: a failed write (disk full) is a plain OSError, with no half-flushed HDF5 state."""
-    with open(tmp, "wb") as fh:
-        fh.write(data[: len(data) // 2])
-        fault_point(point)
-        fh.write(data[len(data) // 2 :])
 
 
 
@@ -136,7 +126,7 @@ class SampleWriter:
         for p in self.parts_dir.iterdir():
             if p.name not in keep:
                 p.unlink()
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = tmp_path_of(self.path)
         if tmp.exists():
             tmp.unlink()
 
@@ -144,11 +134,10 @@ class SampleWriter:
         return self.index[-1][1] if self.index else 0
 
     # -- files -----------------------------------------------------------------------------
+    # Every file is built in memory and written by write_atomic: the HDF5 library never writes
+    # to the disk, so a failed write (disk full) is a plain OSError with no half-flushed state.
     def _write_master(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with storage_errors(self.path, cleanup=tmp):
-            _write_bytes(tmp, self._master_bytes(), "master")
-            commit_file(tmp, self.path)
+        write_atomic(self.path, self._master_bytes(), "master", torn=True)
 
     def _master_bytes(self) -> memoryview:
         n = self.n_saved()
@@ -178,10 +167,6 @@ class SampleWriter:
                 f.create_virtual_dataset(name, layout, fillvalue=fill_value(dtype))
         return bio.getbuffer()
 
-    def _part_paths(self, level: int, start: int, stop: int) -> tuple[Path, Path]:
-        path = self.parts_dir / part_name(level, start, stop)
-        return path, path.with_name(path.name + ".tmp")
-
     def _new_part(self, target: io.BytesIO, level: int, start: int, stop: int) -> h5py.File:
         f = h5py.File(target, "w")
         f.attrs["format"] = PART_FORMAT
@@ -197,7 +182,6 @@ class SampleWriter:
 
     def _write_part(self, level: int, start: int, rows: Mapping[str, np.ndarray]) -> tuple[int, int, int, int]:
         k = next(iter(rows.values())).shape[0]
-        path, tmp = self._part_paths(level, start, start + k)
         crc = 0
         bio = io.BytesIO()
         with self._new_part(bio, level, start, start + k) as f:
@@ -206,9 +190,7 @@ class SampleWriter:
                 f[name][...] = block
                 crc = zlib.crc32(block.tobytes(), crc)
             f.attrs["crc32"] = crc
-        with storage_errors(path, cleanup=tmp):
-            _write_bytes(tmp, bio.getbuffer(), "part")
-            commit_file(tmp, path)
+        write_atomic(self.parts_dir / part_name(level, start, start + k), bio.getbuffer(), "part", torn=True)
         return (start, start + k, crc, level)
 
     # -- operations ------------------------------------------------------------------------
@@ -257,7 +239,6 @@ class SampleWriter:
 
     def _merge(self, parts: list[tuple[int, int, int, int]], level: int) -> tuple[int, int, int, int]:
         start, stop = parts[0][0], parts[-1][1]
-        path, tmp = self._part_paths(level, start, stop)
         bio = io.BytesIO()
         crc, part_crc = self._copy_parts(bio, parts, level)
         bad = [p for p, c in zip(parts, part_crc) if c != p[2]]
@@ -267,9 +248,7 @@ class SampleWriter:
                 "files were changed or damaged. Nothing was merged; run "
                 f"'lattice-flows info --verify {self.path}'."
             )
-        with storage_errors(path, cleanup=tmp):
-            _write_bytes(tmp, bio.getbuffer(), "merge")
-            commit_file(tmp, path)
+        write_atomic(self.parts_dir / part_name(level, start, stop), bio.getbuffer(), "merge", torn=True)
         return (start, stop, crc, level)
 
     def _copy_parts(self, target: io.BytesIO, parts: list[tuple[int, int, int, int]], level: int

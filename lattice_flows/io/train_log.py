@@ -20,8 +20,7 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 
-from lattice_flows.faults import fault_point
-from lattice_flows.io.atomic import commit_file, storage_errors
+from lattice_flows.io.atomic import storage_errors, tmp_path_of, write_atomic
 
 FORMAT_NAME = "lattice_flows.train"
 FORMAT_VERSION = 1
@@ -32,7 +31,7 @@ class TrainLog:
 
     def __init__(self, path: str | Path, attrs: Mapping[str, Any]) -> None:
         self.path = Path(path)
-        stale = self.path.with_name(self.path.name + ".tmp")
+        stale = tmp_path_of(self.path)
         if stale.exists():
             with storage_errors(stale):
                 stale.unlink()  # left by a process killed during a change
@@ -51,12 +50,7 @@ class TrainLog:
         bio = io.BytesIO(b"" if new else self.path.read_bytes())
         with h5py.File(bio, "w" if new else "a") as f:
             yield f
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with storage_errors(self.path, cleanup=tmp):
-            with open(tmp, "wb") as fh:
-                fh.write(bio.getbuffer())
-            fault_point("trainlog")
-            commit_file(tmp, self.path)
+        write_atomic(self.path, bio.getbuffer(), "trainlog")
 
     def append(self, record: Mapping[str, float]) -> None:
         with self._change() as f:
