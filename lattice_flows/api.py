@@ -29,7 +29,7 @@ from lattice_flows.config import Config, ConfigError, apply_overrides, config_fr
 from lattice_flows.flows.flow import Flow
 from lattice_flows.flows.flowfile import load_flow as _load_flow
 from lattice_flows.io.checkpoint import CheckpointError, load_checkpoint
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.flow_run import run_sample
 from lattice_flows.mcmc.hmc_run import run_hmc
 from lattice_flows.training.trainer import TrainResult, train_flow

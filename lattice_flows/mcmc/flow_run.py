@@ -5,7 +5,7 @@ MCMC: proposals are generated in big no-grad batches (``sample.batch_size`` per 
 spread over the ``n_chains`` columns), then the cheap sequential accept/reject of
 :func:`lattice_flows.metropolis.accept_reject` runs in float64 with
 w = exp(-S - log q) (docs/conventions.md "Statistics"). The first state of each chain is a flow
-sample. Output ``samples.h5``: the layout of :mod:`lattice_flows.io.hdf5` plus ``/log_q`` and
+sample. Output ``samples.h5``: the layout of :mod:`lattice_flows.io.sample_format` plus ``/log_q`` and
 ``/log_w`` of the chain's current state, so every reader and analysis works on it as on HMC.
 
 Importance sampling: independent flow samples with their log-weights in ``importance.h5``

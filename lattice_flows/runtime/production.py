@@ -35,7 +35,7 @@ import numpy as np
 
 from lattice_flows.config import Config
 from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
-from lattice_flows.io.hdf5 import SampleWriter
+from lattice_flows.io.sample_writer import SampleWriter
 from lattice_flows.io.lock import RunLock
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.observables import observable_specs

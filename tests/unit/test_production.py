@@ -16,7 +16,7 @@ import torch
 
 from lattice_flows.config import config_from_dict
 from lattice_flows.io.checkpoint import load_checkpoint
-from lattice_flows.io.hdf5 import SampleFile
+from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.observables import measure
 from lattice_flows.runtime.production import Advance, run_production
 from lattice_flows.signals import StopRequested, graceful_stop
