@@ -1,7 +1,7 @@
 """Helpers shared by the analysis scripts: input resolution, labels, error exits, JSON output.
 
 The scripts take run folders or HDF5 files. A run folder stands for its sample files (the
-order of :data:`lattice_flows.analysis.SAMPLE_FILE_NAMES`: samples.h5, importance.h5,
+order of :data:`lattice_flows.tables.SAMPLE_FILE_NAMES`: samples.h5, importance.h5,
 hmc.h5) and, for the training plot, its ``train.h5``. A bad or foreign file
 raises :class:`lattice_flows.io.sample_format.DataFileError` (the message names the path and the
 reason); :func:`main_guard` turns it into one line on stderr and exit status 2.
@@ -66,7 +66,7 @@ def parse_names(text: str | None) -> list[str] | None:
 
 
 def _expand(path: str | Path) -> list[Path]:
-    from lattice_flows.analysis import find_sample_files
+    from lattice_flows.tables import find_sample_files
 
     return find_sample_files(path)
 

@@ -9,7 +9,7 @@ and, for ``train``, its ``train.h5``):
                      ``train_summary.json`` as a star) -> ``train_history.png``
 * ``correlators``    G(y) = G(0, ..., 0, y) along the last axis, C(t) and
                      m_eff(t) = arccosh[(C(t-1) + C(t+1)) / (2 C(t))] with Gamma-method error bars
-                     (rows G[t], C[t], m_eff[t] of :func:`lattice_flows.analysis.analyze_samples`)
+                     (rows G[t], C[t], m_eff[t] of :func:`lattice_flows.tables.analyze_samples`)
                      -> ``correlators.png``
 * ``autocorr``       normalised autocorrelation rho(t) = Gamma(t)/Gamma(0) of an observable
                      (default |M|) and the cumulative tau_int(W), with the window W chosen by the
@@ -67,7 +67,7 @@ def is_train_log(path: Path) -> bool:
 def split_inputs(paths: list[str], want_samples: bool = True, want_train: bool = True):
     """(sample-file paths, train-log paths) of the inputs: a folder gives its sample files and
     its train.h5 (if any); a file goes to the list its format says."""
-    from lattice_flows.analysis import SAMPLE_FILE_NAMES
+    from lattice_flows.tables import SAMPLE_FILE_NAMES
 
     samples, trains = [], []
     for p in map(Path, paths):
@@ -159,7 +159,7 @@ def read_summary(run_dir: Path) -> dict:
 
 def importance_log_z(run_dir: Path) -> float | None:
     """log Z from an importance.h5 in the same folder (the lower bound of the reverse KL loss)."""
-    from lattice_flows.statistics import log_partition_function
+    from lattice_flows.estimates import log_partition_function
 
     f = run_dir / "importance.h5"
     if not f.exists():
@@ -186,7 +186,7 @@ def _series(rows: dict, prefix: str):
 
 
 def plot_correlators(sources: list[C.Source], out: Path, dpi: int, discard: int | None = None) -> Path:
-    from lattice_flows.analysis import analyze_samples
+    from lattice_flows.tables import analyze_samples
 
     sources = [s for s in sources if {"G", "C"} & set(s.sf.observable_names)]
     if not sources:
@@ -234,7 +234,7 @@ def plot_correlators(sources: list[C.Source], out: Path, dpi: int, discard: int 
 
 def autocorrelation(samples: np.ndarray, S: float):
     """(rho, tau_int(W) cumulative, its error, chosen window, tau_int, dtau) of (n, chains) data."""
-    from lattice_flows.statistics import make_obs
+    from lattice_flows.estimates import make_obs
 
     obs = make_obs(samples)
     obs.gamma_method(S=S)
@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--discard", type=int, default=None, metavar="N",
                         help="drop the first N saved rows of every chain (default: none for the "
                              "raw-data figures; the correlators' Γ-method values drop the flow "
-                             "chains' burn-in, lattice_flows.analysis.default_discard)")
+                             "chains' burn-in, lattice_flows.tables.default_discard)")
         return sp
 
     common(sub.add_parser("train", help="training history (loss, ESS, acceptance vs step)"))

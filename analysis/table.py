@@ -2,7 +2,7 @@
 """Table of observables with Gamma-method errors and tau_int for one or more runs.
 
 Every sample file of the given run folders (or the given HDF5 files) is analysed with
-:func:`lattice_flows.analysis.analyze_samples`: Gamma-method (Wolff 2004, hep-lat/0306017)
+:func:`lattice_flows.tables.analyze_samples`: Gamma-method (Wolff 2004, hep-lat/0306017)
 errors with automatic windowing (S = 1.5) and tau_int +- its error for the primary
 observables; derived quantities (U4, m_eff) by linear error propagation; importance-sampling
 files get self-normalised reweighted averages (tau_int = 1/2 by construction).
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default: md)")
     p.add_argument("--discard", type=int, default=None, metavar="N",
                    help="drop the first N saved rows of every chain (default: flow chains drop "
-                        "a burn-in, lattice_flows.analysis.default_discard; HMC and importance "
+                        "a burn-in, lattice_flows.tables.default_discard; HMC and importance "
                         "files nothing)")
     p.add_argument("--S", type=float, default=1.5, help="Gamma-method windowing parameter S (1.5)")
     p.add_argument("--max-t", type=int, default=None,
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def collect(args) -> list[dict]:
-    from lattice_flows.analysis import analyze_samples, weight_notes, weight_warnings
+    from lattice_flows.tables import analyze_samples, weight_notes, weight_warnings
 
     if args.discard is not None and args.discard < 0:
         raise C.fail(f"--discard must be >= 0, got {args.discard}")

@@ -22,7 +22,7 @@ Each trained flow is then measured on 10,240 fresh samples (no grad, batches of 
 * ``acceptance``: of ONE independence-Metropolis chain run over the 10,240 proposals in order
   (:func:`lattice_flows.flows.quality.chain_figures`; the first proposal only initialises it);
 * ``tau_int_absM``: tau_int of |M| of that chain's current state after each step (Gamma-method,
-  Wolff 2004, S = 1.5, :func:`lattice_flows.statistics.gamma_method`), in units of proposals;
+  Wolff 2004, S = 1.5, :func:`lattice_flows.estimates.gamma_method`), in units of proposals;
   1/2 means uncorrelated;
 * ``proposals_per_s``: proposals per CPU-second (``time.process_time``; one thread, so equal to
   proposals per wall second on an idle core) of flow sampling + log q + action (float64), no
@@ -59,7 +59,7 @@ import torch  # noqa: E402
 from lattice_flows.config import config_from_dict, load_raw  # noqa: E402
 from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.flows import BASELINE_FLOW_CONFIG, build_flow  # noqa: E402
-from lattice_flows.statistics import effective_sample_size  # noqa: E402
+from lattice_flows.estimates import effective_sample_size  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
 from lattice_flows.flows.flowfile import load_flow_weights  # noqa: E402
 from lattice_flows.flows.quality import chain_figures, sample_log_weights  # noqa: E402

@@ -49,7 +49,7 @@ from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.mcmc.hmc_run import COLD_START_WIDTH  # noqa: E402
 from lattice_flows.mcmc.hmc import HMC, DualAveraging
 from lattice_flows.observables import measure
-from lattice_flows.statistics import gamma_method
+from lattice_flows.estimates import gamma_method
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.malloc import keep_freed_memory  # noqa: E402
 

@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
-from lattice_flows.analysis import analyze_samples  # noqa: E402
+from lattice_flows.tables import analyze_samples  # noqa: E402
 from lattice_flows.config import apply_overrides, config_from_dict, load_raw  # noqa: E402
 from lattice_flows.devices import resolve_device  # noqa: E402
 from lattice_flows.flows.flowfile import load_flow  # noqa: E402

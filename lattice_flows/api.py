@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from lattice_flows.analysis import Rows, analyze_samples
+from lattice_flows.tables import Rows, analyze_samples
 from lattice_flows.config import Config, ConfigError, apply_overrides, config_from_dict, load_raw
 from lattice_flows.flows.flow import Flow
 from lattice_flows.flows.flowfile import load_flow as _load_flow

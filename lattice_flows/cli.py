@@ -90,7 +90,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from lattice_flows.analysis import analyze_samples, find_sample_files, format_table, rows_to_json
+    from lattice_flows.tables import analyze_samples, find_sample_files, format_table, rows_to_json
     from lattice_flows.io.sample_reader import SampleFile
 
     out = []
@@ -147,7 +147,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from lattice_flows.analysis import find_sample_files
+    from lattice_flows.tables import find_sample_files
     from lattice_flows.io.export import export_sample_file, export_target
 
     files = find_sample_files(args.path)

@@ -9,7 +9,7 @@ For a batch ``phi`` of shape ``(batch, L_1, ..., L_d)``:
 * C(t) = sum_{y_1..y_{d-1}} G(y, t), the zero-momentum correlator along the last axis;
 * action density S/V.
 
-Ensemble-level derived quantities (m_eff, U4, chi2 from <M^2>) live in :mod:`lattice_flows.statistics`
+Ensemble-level derived quantities (m_eff, U4, chi2 from <M^2>) live in :mod:`lattice_flows.estimates`
 and take ensemble averages of these.
 """
 

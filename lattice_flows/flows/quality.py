@@ -3,7 +3,7 @@
 For proposals phi ~ q of the flow, log w = -S(phi) - log q(phi) in float64 (docs/conventions.md
 "Statistics"); on N fresh samples (>= 10,240 for a final figure, never per batch):
 
-* ESS/N = (sum w)^2 / (N sum w^2) (:func:`lattice_flows.statistics.effective_sample_size`);
+* ESS/N = (sum w)^2 / (N sum w^2) (:func:`lattice_flows.estimates.effective_sample_size`);
 * the acceptance of ONE independence-Metropolis chain run over the N proposals in order (the
   first only initialises it; :func:`lattice_flows.metropolis.independence_chain`);
 * tau_int of |M| and M^2 of that chain's current state after each step (Gamma-method, in
@@ -24,7 +24,7 @@ import torch
 
 from lattice_flows.flows.flow import Flow
 from lattice_flows.metropolis import chain_acceptance, independence_chain
-from lattice_flows.statistics import effective_sample_size, gamma_method
+from lattice_flows.estimates import effective_sample_size, gamma_method
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.weights import weight_diagnostics
 

@@ -9,7 +9,7 @@ sample. Output ``samples.h5``: the layout of :mod:`lattice_flows.io.sample_forma
 ``/log_w`` of the chain's current state, so every reader and analysis works on it as on HMC.
 
 Importance sampling: independent flow samples with their log-weights in ``importance.h5``
-(same layout, ``accepted`` all true); :func:`lattice_flows.statistics` style reweighted
+(same layout, ``accepted`` all true); :func:`lattice_flows.estimates` style reweighted
 averages and log Z come from :func:`reweighted_estimates`.
 
 Chunks, checkpoints and resume follow :mod:`lattice_flows.runtime.resume`: a rerun continues and

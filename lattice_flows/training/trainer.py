@@ -45,7 +45,7 @@ from lattice_flows.progress import progress_bar
 from lattice_flows.runtime.resume import check_resumable
 from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.signals import StopRequested, stop_requested
-from lattice_flows.statistics import effective_sample_size
+from lattice_flows.estimates import effective_sample_size
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.training.estimators import make_estimator
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lattice_flows.analysis import analyze_samples
+from lattice_flows.tables import analyze_samples
 from lattice_flows.cli import main
 from lattice_flows.config import config_from_dict
 from lattice_flows.io.sample_reader import SampleFile
@@ -21,7 +21,7 @@ from lattice_flows.flows.flowfile import load_flow
 from lattice_flows.flows.quality import propose
 from lattice_flows.mcmc.flow_run import run_sample
 from lattice_flows.mcmc.hmc_run import run_hmc
-from lattice_flows.statistics import gamma_method
+from lattice_flows.estimates import gamma_method
 from lattice_flows.theory.free_field import exact_log_z, exact_susceptibility, exact_two_point
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.training.trainer import train_flow

@@ -13,7 +13,7 @@ from lattice_flows.config import config_from_dict
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.flow_run import run_sample
 from lattice_flows.mcmc.hmc_run import run_hmc
-from lattice_flows.statistics import gamma_method
+from lattice_flows.estimates import gamma_method
 from lattice_flows.theory.free_field import exact_susceptibility, exact_two_point
 from lattice_flows.training.trainer import train_flow
 from tests.conftest import family_sigma

@@ -18,7 +18,7 @@ from lattice_flows.config import config_from_dict, config_from_yaml_text
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.hmc import HMC
 from lattice_flows.mcmc.hmc_run import run_hmc
-from lattice_flows.statistics import derived, gamma_method
+from lattice_flows.estimates import derived, gamma_method
 from lattice_flows.theory.free_field import exact_susceptibility, exact_two_point
 from lattice_flows.theory.phi4 import Phi4Action
 from tests.conftest import family_sigma, sidak_z

@@ -34,14 +34,14 @@ import h5py
 import numpy as np
 import pytest
 
-from lattice_flows.analysis import default_discard
+from lattice_flows.tables import default_discard
 from lattice_flows.cli import main
 from lattice_flows.config import config_from_dict
 from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.flow_run import run_sample
 from lattice_flows.mcmc.hmc_run import run_hmc
-from lattice_flows.statistics import gamma_method
+from lattice_flows.estimates import gamma_method
 from lattice_flows.training.trainer import train_flow
 from tests.conftest import REPO, assert_same_flow, sidak_z, write_config
 

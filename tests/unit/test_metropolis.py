@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from lattice_flows.metropolis import accept_reject, acceptance_rate, chain_acceptance, independence_chain
-from lattice_flows.statistics import gamma_method
+from lattice_flows.estimates import gamma_method
 from tests.conftest import family_sigma
 
 

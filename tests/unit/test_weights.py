@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from lattice_flows.statistics import (
+from lattice_flows.estimates import (
     effective_sample_size,
     log_partition_function,
     reweighted_mean,

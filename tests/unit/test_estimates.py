@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 
-from lattice_flows.statistics import (
+from lattice_flows.estimates import (
     ar1_tau_int, derived, effective_mass, effective_sample_size, gamma_method,
 )
 from tests.conftest import sidak_z

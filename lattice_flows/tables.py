@@ -24,7 +24,7 @@ import numpy as np
 
 from lattice_flows.io.sample_format import DataFileError
 from lattice_flows.io.sample_reader import SampleFile
-from lattice_flows.statistics import DEFAULT_S, Estimate, estimate_obs, gamma_method, make_obs
+from lattice_flows.estimates import DEFAULT_S, Estimate, estimate_obs, gamma_method, make_obs
 from lattice_flows import weights as W
 
 SAMPLE_FILE_NAMES = ("samples.h5", "importance.h5", "hmc.h5")
@@ -190,7 +190,7 @@ def analyze_importance(sf: SampleFile, max_t: int | None = None) -> list[Row]:
     """Self-normalised reweighted observables of an importance-sampling file, plus ESS/N and
     log Z (docs/conventions.md "Statistics"). The samples are independent; the tau_int column holds
     the effective 1/(2 ESS/N) so that costs compare with Markov chains."""
-    from lattice_flows.statistics import effective_sample_size, log_partition_function, reweighted_mean
+    from lattice_flows.estimates import effective_sample_size, log_partition_function, reweighted_mean
 
     lw = np.asarray(sf.extra("log_w"), dtype=np.float64)
     # one axis of draws (rows x chains): failed draws (NaN/+inf, a broken flow) are left out here
