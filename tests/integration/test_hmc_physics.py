@@ -2,7 +2,7 @@
 independent reference sampler and exact HMC identities.
 
 Tolerances are statistical: |z| below a Sidak-corrected threshold for the checks of a test, with
-sigma from the Gamma-method (CONVENTIONS.md "Statistics"); seeds are fixed so the outcome is
+sigma from the Gamma-method (docs/conventions.md "Statistics"); seeds are fixed so the outcome is
 reproducible. ALPHA is the family-wise probability that a correct code fails a test on a new seed.
 """
 
@@ -65,7 +65,7 @@ def test_free_field_exact_results(tmp_path, m2, integrator):
 def metropolis_reference(L: int, m2: float, lam: float, n_chains: int, n_sweeps: int,
                          n_therm: int, seed: int, delta: float = 1.0) -> np.ndarray:
     """Magnetisation per sweep, shape (n_sweeps, n_chains), of a local Metropolis sampler of the
-    2D action (CONVENTIONS.md "Action"), written here in numpy and sharing no code with the
+    2D action (docs/conventions.md "Action"), written here in numpy and sharing no code with the
     package: the independent reference for the HMC. A site's share of S is
 
         s(phi) = (2d + m2) phi^2 - 2 phi h + lam phi^4,   h = sum of the 2d neighbours,
@@ -119,7 +119,7 @@ def creutz_trajectories(sf: SampleFile, every: int, seed: int):
 
 
 def test_tutorial_point_reproduces_published_chi2(tmp_path):
-    """L=8, m2=-4, lam=8 (CONVENTIONS.md "Standard test points"), five checks at ALPHA:
+    """L=8, m2=-4, lam=8 (docs/conventions.md "Standard test points"), five checks at ALPHA:
 
     1. chi2 against Albergo et al. 2021 (arXiv:2101.08176), 0.75 +- 0.01: both errors combined;
     2. chi2 and 3. U4 against the independent local Metropolis sampler above (Gamma-method

@@ -8,7 +8,7 @@ couplings' gradients would be special). Rank 1 then adds garbage to its copy, wh
 ``World.broadcast_parameters`` must overwrite with rank 0's values. A fixed batch z of
 ``n_ranks * B`` prior samples comes from a common seed; rank r takes rows [r B, (r+1) B).
 
-Loss (reverse KL up to log Z, CONVENTIONS.md "Statistics"): mean over the local batch of
+Loss (reverse KL up to log Z, docs/conventions.md "Statistics"): mean over the local batch of
 log q(phi) + S(phi), with phi, logdet = flow(z) and log q = log r(z) - logdet. After
 ``backward`` and ``World.allreduce_gradients`` (average over ranks) every rank holds the gradient
 of the mean over the union batch, which rank 0 recomputes in one process on a fresh copy of the

@@ -8,7 +8,7 @@ What is proved:
   weights of an uninterrupted one;
 * 2-rank flow and HMC production write per-rank files with independent streams and a merged
   view that every reader and ``lattice-flows analyze`` use; its averages agree with a 1-rank run
-  within the combined Gamma-method error (Wolff 2004, CONVENTIONS.md "Statistics") times a
+  within the combined Gamma-method error (Wolff 2004, docs/conventions.md "Statistics") times a
   Sidak threshold for the 12 comparisons at family-wise alpha = 1e-3;
   a production folder is resumed only with its own number of ranks;
 * the SLURM scripts of jobs/ run end to end with ``srun`` (and ``sbatch``) replaced by shims,

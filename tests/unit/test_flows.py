@@ -355,7 +355,7 @@ def test_coupling_updates_only_active_sites():
 def test_fourier_layer_reproduces_free_field(shape):
     """For lam = 0 and m2_init = m2, q = p exactly: log q(phi) + S(phi) = -log Z for all phi,
     with log Z = (V/2) log(pi) - (1/2) sum_p log(m2 + phat^2), the Gaussian integral of
-    exp(-phi^T K phi) (CONVENTIONS.md, "Exact free-field results")."""
+    exp(-phi^T K phi) (docs/conventions.md, "Exact free-field results")."""
     m2 = 0.7
     action = Phi4Action(m2=m2, lam=0.0, ndim=len(shape))
     flow = Flow(StandardNormalPrior(shape), [FourierGaussianLayer(shape, m2_init=m2)]).double()

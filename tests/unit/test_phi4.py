@@ -46,7 +46,7 @@ def test_float32_batch_shape_and_float64_sum():
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_hopping_parametrization_equal_up_to_constant(ndim):
-    """S_hop(varphi) = S(sqrt(kappa) varphi) + lam_hop V  (CONVENTIONS.md)."""
+    """S_hop(varphi) = S(sqrt(kappa) varphi) + lam_hop V  (docs/conventions.md)."""
     kappa, lam_hop = 0.27, 0.022
     m2, lam = hopping_to_standard(kappa, lam_hop, ndim)
     g = torch.Generator().manual_seed(20 + ndim)
