@@ -50,7 +50,6 @@ SAMPLES_NAME = {"mcmc": "samples.h5", "importance": "importance.h5"}
 
 class SamplingError(RuntimeError):
     """Production cannot continue without corrupting a chain; the message says why."""
-CHECKPOINT_NAME = {"mcmc": "samples.ckpt", "importance": "importance.ckpt"}
 
 
 def run_sample(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,

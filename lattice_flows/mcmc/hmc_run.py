@@ -27,7 +27,6 @@ from lattice_flows.theory.phi4 import Phi4Action
 
 SAMPLES_NAME = "hmc.h5"
 COLD_START_WIDTH = 0.1
-CHECKPOINT_NAME = "hmc.ckpt"
 #: ``phase`` of a checkpoint written by a stop during thermalisation; a production checkpoint has
 #: no ``phase`` (earlier versions wrote 0 or 1 there, never read; such checkpoints still resume)
 THERM_PHASE = -1
