@@ -1,0 +1,86 @@
+"""The samplers cost table (benchmarks/samplers.py): the cost row of a real HMC file against the
+Gamma-method figures of the same file, ratios against the best classical sampler of the same
+point only, and the tunnelling count."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import samplers  # noqa: E402  (benchmarks/samplers.py)
+
+from lattice_flows import api  # noqa: E402
+from lattice_flows.io.sample_reader import SampleFile  # noqa: E402
+from lattice_flows.tables import analyze_samples  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def hmc_file(tmp_path_factory) -> Path:
+    cfg = api.load_config({
+        "lattice": {"shape": [4, 4]}, "action": {"m2": -4.0, "lam": 8.0}, "seed": 3,
+        "hmc": {"n_chains": 4, "n_therm": 40, "n_traj": 200},
+        "output": {"dir": str(tmp_path_factory.mktemp("hmc"))},
+    })
+    return api.hmc(cfg)
+
+
+def test_cost_row_is_two_tau_int_times_the_production_cpu_per_chain_row(hmc_file):
+    sf = SampleFile(hmc_file)
+    row = samplers.sampler_row("P", "hmc", sf, None, 8.0)
+    table = analyze_samples(sf)
+    per_row = float(sf.attrs["cpu_s"]) - float(sf.attrs.get("therm_cpu_s", 0.0))
+    per_row /= sf.n_saved * sf.n_chains
+    assert row["cpu_s_per_row"] == pytest.approx(per_row)
+    for name in samplers.OBSERVABLES:
+        est = table[name].est
+        assert row["tau_int"][name] == pytest.approx(est.tau_int)
+        assert row["cpu_s_per_eff"][name] == pytest.approx(2 * est.tau_int * per_row)
+        assert row["cpu_s_per_eff_err"][name] == pytest.approx(2 * est.tau_int_error * per_row)
+    M = sf.observables()["M"]
+    assert row["tunnelling_per_row"] == pytest.approx(samplers.tunnelling_rate(M))
+    assert "cpu_s_per_eff_amortised" not in row
+    with_training = samplers.sampler_row("P", "flow", sf, 1.0e6, 8.0)
+    assert with_training["cpu_s_per_eff_amortised"]["M2"] == pytest.approx(
+        2 * table["M2"].est.tau_int * (per_row + 1.0))
+
+
+def test_tunnelling_rate_counts_sign_changes_per_chain_and_row():
+    M = np.array([[1.0, -1.0], [-2.0, -1.0], [-1.0, 3.0], [4.0, 2.0]])  # 4 rows, 2 chains
+    # chain 0: + - - + (2 changes), chain 1: - - + + (1 change); 3 row pairs x 2 chains
+    assert samplers.tunnelling_rate(M) == pytest.approx(3 / 6)
+
+
+def _row(point, sampler, kind, m2_cost):
+    costs = {n: m2_cost for n in samplers.OBSERVABLES}
+    return {"point": point, "sampler": sampler, "kind": kind, "cpu_s_per_eff": costs}
+
+
+def test_ratios_are_against_the_cheapest_classical_sampler_of_the_same_point():
+    rows = samplers.add_ratios([
+        _row("A", "hmc", "hmc", 4.0), _row("A", "fa-hmc", "hmc", 2.0),
+        _row("A", "flow", "flow-mcmc", 1.0), _row("B", "hmc", "hmc", 10.0),
+        _row("B", "composite", "composite", 5.0), _row("C", "flow", "flow-mcmc", 1.0),
+    ])
+    by = {(r["point"], r["sampler"]): r for r in rows}
+    assert by["A", "flow"]["ratio"]["M2"] == pytest.approx(0.5)
+    assert by["A", "flow"]["best_classical"]["M2"] == "fa-hmc"
+    assert by["A", "hmc"]["ratio"]["M2"] == pytest.approx(2.0)
+    assert by["B", "composite"]["ratio"]["M2"] == pytest.approx(0.5)  # B's HMC, not A's
+    assert by["C", "flow"]["ratio"] == {}  # no classical row at C: no ratio
+    md = samplers.markdown([dict(r, **_full(r)) for r in rows[:1]], {
+        "cpu": "cpu", "cpu_capability": "AVX2", "torch": "x", "threads": 1, "cuda": None})
+    assert "| A | 4 |" in md and "AVX2" in md
+
+
+def _full(r):
+    obs = samplers.OBSERVABLES
+    return {"L": 4, "lam": 8.0, "acceptance": 0.5, "tau_int": {n: 1.0 for n in obs},
+            "tau_int_err": {n: 0.1 for n in obs}, "cpu_s_per_eff_err": {n: 0.1 for n in obs},
+            "cpu_s_per_row": 1e-3, "train_cpu_s": None, "tunnelling_per_row": 0.0,
+            "absM": 0.5, "absM_err": math.inf}
