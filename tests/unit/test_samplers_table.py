@@ -84,3 +84,36 @@ def _full(r):
             "tau_int_err": {n: 0.1 for n in obs}, "cpu_s_per_eff_err": {n: 0.1 for n in obs},
             "cpu_s_per_row": 1e-3, "train_cpu_s": None, "tunnelling_per_row": 0.0,
             "absM": 0.5, "absM_err": math.inf}
+
+
+def test_no_sign_change_replaces_tau_int_of_M_by_its_bound_and_ratios_say_so():
+    one_sector = _row("D", "hmc", "hmc", 1.0)
+    one_sector.update(_full(one_sector), tau_int_lower_bound={"M": 100.0})
+    one_sector["tau_int"]["M"] = 100.0
+    one_sector["cpu_s_per_eff"]["M"] = 2 * 100.0 * 1e-3
+    flow = _row("D", "flow", "flow-mcmc", 1e-3)
+    flow.update(_full(flow))
+    rows = samplers.add_ratios([one_sector, flow])
+    assert rows[1]["ratio"]["M"] == pytest.approx(1e-3 / 0.2)
+    assert rows[1]["ratio_bound"]["M"] == "upper"  # HMC's cost is a lower bound
+    assert "M" not in rows[0]["ratio_bound"]  # the reference itself: exactly 1
+    md = samplers.markdown(rows, {"cpu": "c", "cpu_capability": "AVX512", "torch": "x",
+                                  "threads": 1, "cuda": None})
+    assert "> 100" in md and "< 0.005" in md
+
+
+def test_a_run_in_one_sector_gets_the_poisson_bound_on_tau_int_of_M(hmc_file, tmp_path):
+    """Deep in the broken phase (4 x 4, m2 = -4, lam = 0.5: barrier V m2^2 / (4 lam) = 128, and
+    too small a lattice for a stable domain wall) HMC does not tunnel in 100 trajectories; the
+    4 x 4 tutorial-point file does."""
+    cfg = api.load_config({
+        "lattice": {"shape": [4, 4]}, "action": {"m2": -4.0, "lam": 0.5}, "seed": 5,
+        "hmc": {"n_chains": 4, "n_therm": 40, "n_traj": 100}, "output": {"dir": str(tmp_path)},
+    })
+    sf = SampleFile(api.hmc(cfg))
+    row = samplers.sampler_row("P", "hmc", sf, None, 0.5)
+    pairs = (sf.n_saved - 1) * sf.n_chains
+    assert row["tunnellings"] == 0
+    assert row["tau_int"]["M"] == pytest.approx(pairs / 6)
+    assert row["cpu_s_per_eff"]["M"] == pytest.approx(2 * pairs / 6 * row["cpu_s_per_row"])
+    assert samplers.sampler_row("P", "hmc", SampleFile(hmc_file), None, 8.0)["tunnellings"] > 0
