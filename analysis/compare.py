@@ -4,7 +4,7 @@
 Per observable: each run's value ± Γ-method error (τ_int), the z-score of the difference to the
 reference run, z = (O_i − O_ref) / sqrt(σ_i² + σ_ref²), the ratio τ_int,i / τ_int,ref and the
 ratio of CPU-seconds per effective sample, CPU-s × 2 τ_int / N (docs/conventions.md "Statistics";
-:func:`lattice_flows.tables.compare`). ``--train-cost`` adds the flow's training CPU-s
+:func:`lattice_flows.comparison.compare`). ``--train-cost`` adds the flow's training CPU-s
 (``train_cpu_s`` of ``train_summary.json`` next to the flow that made the samples) to every
 flow run's cost, i.e. amortises training over the samples of this run.
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from lattice_flows.tables import compare, format_comparison
+        from lattice_flows.comparison import compare, format_comparison
 
         sources = C.load_sources(args.paths, C.parse_names(args.names))
         if len(sources) < 2:

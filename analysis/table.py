@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def collect(args) -> list[dict]:
-    from lattice_flows.tables import analyze_samples, weight_notes, weight_warnings
+    from lattice_flows.table_format import weight_notes, weight_warnings
+    from lattice_flows.tables import analyze_samples
 
     if args.discard is not None and args.discard < 0:
         raise C.fail(f"--discard must be >= 0, got {args.discard}")

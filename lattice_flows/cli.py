@@ -90,7 +90,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from lattice_flows.tables import analyze_samples, find_sample_files, format_table, rows_to_json
+    from lattice_flows.table_format import format_table, rows_to_json
+    from lattice_flows.tables import analyze_samples, find_sample_files
     from lattice_flows.io.sample_reader import SampleFile
 
     out = []

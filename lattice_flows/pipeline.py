@@ -17,7 +17,9 @@ import json
 import time
 from pathlib import Path
 
-from lattice_flows.tables import analyze_samples, compare, format_comparison, format_table
+from lattice_flows.comparison import compare, format_comparison
+from lattice_flows.table_format import format_table
+from lattice_flows.tables import analyze_samples
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.io.runfolder import write_text_atomic

@@ -6,16 +6,16 @@ propagation = Gamma-method for derived quantities, docs/conventions.md "Statisti
 U4 = 1 - <M^4> / (3 <M^2>^2) and m_eff(t) = arccosh[(C(t-1) + C(t+1)) / (2 C(t))].
 
 Flow files also get the weight diagnostics of docs/conventions.md "Flow quality at scale"
-(:mod:`lattice_flows.weights`): rows ``pareto_k``, ``max_w/sum_w``, ``N_eff`` (and, for chains,
-``max_rejection_run`` and ``rejection_run/N``); when a check fails (k̂ > 0.7, k̂ above the
-sample-size threshold 1 − 1/log10 N, a rejection run > N/50, failed draws) every observable row
-of the file carries the flag and :func:`format_table` prints a warning. Flow chains drop a
-burn-in by default (:func:`default_discard`).
+(:func:`lattice_flows.file_weights.flow_weights`): rows ``pareto_k``, ``max_w/sum_w``,
+``N_eff`` (and, for chains, ``max_rejection_run`` and ``rejection_run/N``); when a check fails
+(k̂ > 0.7, k̂ above the sample-size threshold 1 − 1/log10 N, a rejection run > N/50, failed
+draws) every observable row of the file carries the flag and
+:func:`lattice_flows.table_format.format_table` prints a warning. Flow chains drop a burn-in by
+default (:func:`default_discard`). Comparisons of runs: :mod:`lattice_flows.comparison`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ import numpy as np
 from lattice_flows.io.sample_format import DataFileError
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.estimates import DEFAULT_S, Estimate, estimate_obs, gamma_method, make_obs
-from lattice_flows import weights as W
+from lattice_flows.file_weights import flow_weights
 
 SAMPLE_FILE_NAMES = ("samples.h5", "importance.h5", "hmc.h5")
 
@@ -90,53 +90,6 @@ def resolve_discard(sf: SampleFile, discard: int | None) -> int:
     return int(discard)
 
 
-def _rank_files(sf: SampleFile) -> list[Path]:
-    names = sf.attrs.get("merged_from")
-    if names is None:
-        return []
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(names)]
-    return [sf.path.parent / n for n in names if (sf.path.parent / n).exists()]
-
-
-def flow_weights(sf: SampleFile, discard: int = 0) -> dict | None:
-    """Weight diagnostics of a flow sample file (None for HMC), as a dict of
-    :class:`lattice_flows.weights.WeightDiagnostics` fields.
-
-    Importance files: computed from their log w (every draw). Flow chains: the production's
-    figures on all proposals (``weights_*`` attributes; for a merged MPI view the worst rank),
-    with the longest rejection run recomputed on the analysed rows (after ``discard``) against
-    their number per chain.
-    """
-    kind = sf.attrs.get("kind")
-    if kind == "flow-importance":
-        return W.weight_diagnostics(sf.extra("log_w")).as_dict()
-    if kind != "flow-mcmc":
-        return None
-    found = [W.from_attrs(SampleFile(p).attrs) for p in _rank_files(sf)] or [W.from_attrs(sf.attrs)]
-    found = [d for d in found if d is not None]
-    if found:
-        d = max(found, key=lambda x: (-math.inf if x.get("khat") is None or
-                                      not math.isfinite(float(x["khat"])) else float(x["khat"])))
-        d = dict(d)
-        d["n_failed"] = int(sum(int(x.get("n_failed", 0)) for x in found))
-    else:  # a file written before the diagnostics existed: only the chain's own checks
-        d = {"n": None, "n_zero": None, "n_failed": int(sf.attrs.get("n_nonfinite", 0) or 0),
-             "ess": math.nan, "ess_fraction": math.nan, "khat": math.nan,
-             "khat_threshold": math.nan, "max_weight_fraction": math.nan, "missing": True}
-    acc = np.asarray(sf.accepted(), dtype=bool)[discard:]
-    acc = acc[:, None] if acc.ndim == 1 else acc
-    d["longest_rejection_run"] = int(W.longest_false_run(acc).max()) if acc.size else 0
-    d["chain_length"] = int(acc.shape[0])
-    khat = float(d["khat"]) if d.get("khat") is not None else math.nan
-    if d.get("missing"):
-        d["flags"] = W.flags_for(-math.inf, 1, d["n_failed"], d["longest_rejection_run"],
-                                 d["chain_length"])
-    else:
-        d["flags"] = W.flags_for(khat, int(d["n"]), d["n_failed"], d["longest_rejection_run"],
-                                 d["chain_length"])
-    return d
-
-
 def _weight_rows(d: dict, chain: bool) -> list[Row]:
     flag = ",".join(d["flags"])
     one = lambda name, v: Row(name, "weights", Estimate(float(v) if v is not None else math.nan,
@@ -156,19 +109,6 @@ def _flag_rows(rows: list[Row], d: dict | None) -> list[Row]:
     flag = ",".join(d["flags"])
     return [Row(r.name, r.kind, r.est, flag) if r.kind in ("primary", "derived", "reweighted", "flow")
             and r.name != "acceptance" else r for r in rows]
-
-
-def weight_warnings(rows: list[Row], what: str = "flow weights") -> list[str]:
-    """The warning lines of a table's weight diagnostics (empty when all checks pass)."""
-    d = getattr(rows, "weights", None)
-    return W.describe(d, what) if d else []
-
-
-def weight_notes(rows: list[Row], what: str = "flow weights") -> list[str]:
-    """Notes that flag nothing: 0.5 < k̂ <= 0.7, usable with care."""
-    d = getattr(rows, "weights", None)
-    note = W.care_note(d, what) if d else None
-    return [note] if note else []
 
 
 def find_sample_files(path: str | Path) -> list[Path]:
@@ -280,141 +220,3 @@ def _analyze_chain(sf: SampleFile, discard: int, S: float, max_t: int | None) ->
                 with np.errstate(invalid="ignore"):
                     rows.append(Row(f"m_eff[{t}]", "derived", estimate_obs(ratio.arccosh(), S=S)))
     return rows
-
-
-def cost_per_effective_sample(est: Estimate, n_samples: int, cpu_s: float) -> float:
-    """CPU-seconds per effective (independent) sample: cpu_s * 2 tau_int / N."""
-    if not (cpu_s > 0 and n_samples > 0):
-        return float("nan")
-    return cpu_s * 2.0 * est.tau_int / n_samples
-
-
-RATIO_DIRECTIONS = {
-    "z_vs_first": "(O_run - O_ref) / sqrt(err_run^2 + err_ref^2): > 0: the run is higher",
-    "tau_int_ratio": "tau_int(run) / tau_int(ref): < 1: the run decorrelates in fewer saved rows",
-    "cost_ratio": "CPU-s per effective sample, run / ref: < 1: the run is cheaper",
-}
-
-
-def compare(files: list[Path], names: list[str] | None = None, discard: int | None = None,
-            observables: tuple[str, ...] = ("absM", "M2", "chi2", "E", "action_density", "U4", "G[0]"),
-            extra_cpu: dict[int, float] | None = None,
-            rows: list[list[Row]] | None = None) -> dict:
-    """Compare runs: per observable the values, the z-score of each run against the first (the
-    reference), the ratios tau_int(run) / tau_int(ref) and (CPU-s per effective sample of the
-    run) / (that of the reference): < 1 means the run is cheaper (:data:`RATIO_DIRECTIONS`).
-    ``discard`` None: each file's :func:`default_discard`.
-
-    ``extra_cpu[i]`` adds CPU-seconds (e.g. flow training) to run i's cost; ``rows[i]``, when
-    given, is run i's :func:`analyze_samples` table (computed with the same ``discard``), so a
-    caller that already has it does not repeat the Gamma-method analysis.
-    """
-    runs = []
-    for i, path in enumerate(files):
-        sf = SampleFile(path)
-        table_i = rows[i] if rows is not None else analyze_samples(sf, discard=discard)
-        used = getattr(table_i, "discard", None)
-        used = resolve_discard(sf, discard) if used is None else used
-        if sf.attrs.get("kind") == "flow-importance":
-            used = 0
-        by_name = {r.name: r.est for r in table_i}
-        flags = {r.name: r.flag for r in table_i}
-        cpu = float(sf.attrs.get("cpu_s", float("nan"))) + (extra_cpu or {}).get(i, 0.0)
-        runs.append({"name": (names or [])[i] if names and i < len(names) else str(path),
-                     "file": str(path), "kind": sf.attrs.get("kind"), "cpu_s": cpu,
-                     "n": (sf.n_saved - used) * sf.n_chains, "discard": used,
-                     "weights_flags": list((getattr(table_i, "weights", None) or {}).get("flags", [])),
-                     "rows": by_name, "flags": flags})
-    table = []
-    ref = runs[0]
-    for obs in observables:
-        if not all(obs in r["rows"] for r in runs):
-            continue
-        line = {"observable": obs, "runs": []}
-        e0 = ref["rows"][obs]
-        c0 = cost_per_effective_sample(e0, ref["n"], ref["cpu_s"])
-        for r in runs:
-            e = r["rows"][obs]
-            z = (e.value - e0.value) / math.hypot(e.error, e0.error) if r is not ref and math.hypot(e.error, e0.error) > 0 else 0.0
-            c = cost_per_effective_sample(e, r["n"], r["cpu_s"])
-            line["runs"].append({
-                "name": r["name"], "value": e.value, "error": e.error, "tau_int": e.tau_int,
-                "z_vs_first": z, "tau_int_ratio": e.tau_int / e0.tau_int if e0.tau_int else float("nan"),
-                "cpu_s_per_eff": c, "cost_ratio": c / c0 if c0 and math.isfinite(c0) else float("nan"),
-                "ratio_of": f"{r['name']} / {ref['name']}", "flag": r["flags"].get(obs, ""),
-            })
-        table.append(line)
-    return {"runs": [{k: v for k, v in r.items() if k not in ("rows", "flags")} for r in runs],
-            "table": table, "reference": ref["name"], "ratio_directions": RATIO_DIRECTIONS}
-
-
-def format_comparison(cmp: dict) -> str:
-    """Markdown table of :func:`compare`."""
-    names = [r["name"] for r in cmp["runs"]]
-    ref, others = names[0], (names[1] if len(names) == 2 else "run")
-    head = ("| observable | " + " | ".join(names)
-            + f" | z = ({others} − {ref}) / σ | τ_int {others} / {ref} (< 1: {others} decorrelates faster)"
-            + f" | cost per eff. sample {others} / {ref} (< 1: {others} cheaper) |")
-    lines = [head, "|" + "---|" * (len(names) + 4)]
-    flagged = False
-    for line in cmp["table"]:
-        vals = []
-        for r in line["runs"]:
-            mark = " !" if r.get("flag") else ""
-            flagged |= bool(mark)
-            vals.append(f"{r['value']:.5g} ± {r['error']:.2g} (τ {r['tau_int']:.2f}){mark}")
-        z = ", ".join(f"{r['z_vs_first']:+.2f}" for r in line["runs"][1:])
-        tr = ", ".join(f"{r['tau_int_ratio']:.3g}" for r in line["runs"][1:])
-        cr = ", ".join(f"{r['cost_ratio']:.3g}" for r in line["runs"][1:])
-        lines.append(f"| {line['observable']} | " + " | ".join(vals) + f" | {z} | {tr} | {cr} |")
-    cpu = ", ".join(f"{r['name']}: {r['cpu_s']:.1f} CPU-s, {r['n']} samples" for r in cmp["runs"])
-    lines.append("")
-    lines.append(f"Cost basis: {cpu}. CPU-s per effective sample = CPU-s x 2 tau_int / N.")
-    if flagged:
-        bad = [f"{r['name']} ({', '.join(r['weights_flags'])})" for r in cmp["runs"] if r.get("weights_flags")]
-        lines.append(f"! flagged: the weight diagnostics of {'; '.join(bad)} fail "
-                     "(docs/conventions.md \"Flow quality at scale\"): these values and their "
-                     "errors are not to be trusted; see the run's analysis table.")
-    return "\n".join(lines)
-
-
-def format_table(rows: list[Row], title: str = "", n_per_chain: int | None = None) -> str:
-    """A fixed-width text table: observable, value, error, tau_int +- error, kind."""
-    lines = []
-    if title:
-        lines.append(title)
-    lines.append(f"{'observable':<18}{'value':>14}{'error':>12}{'tau_int':>10}{'+-':>8}  kind")
-    unreliable = False
-    discard = getattr(rows, "discard", 0) or 0
-    if n_per_chain and discard:
-        n_per_chain -= discard
-    for r in rows:
-        e = r.est
-        flag = ""
-        if n_per_chain and r.kind in ("primary", "derived") and e.tau_int * 100 > n_per_chain:
-            flag, unreliable = " !", True
-        if r.flag:
-            flag += f" [{r.flag}]"
-        lines.append(
-            f"{r.name:<18}{e.value:>14.6g}{e.error:>12.3g}{e.tau_int:>10.3f}{e.tau_int_error:>8.3f}  {r.kind}{flag}"
-        )
-    if unreliable:
-        lines.append(
-            f"! tau_int > N/100 with N = {n_per_chain} rows per chain: the Gamma-method error is "
-            "not reliable; run longer (Wolff 2004 asks for N >> 100 tau_int)."
-        )
-    if discard:
-        lines.append(f"(first {discard} rows per chain discarded as burn-in)")
-    for w in weight_warnings(rows):
-        lines.append(f"! WARNING {w} Rows marked [..] are affected.")
-    for w in weight_notes(rows):
-        lines.append(f"note: {w}")
-    return "\n".join(lines)
-
-
-def rows_to_json(rows: list[Row], meta: dict) -> str:
-    """``{"meta", "observables", "weights", "warnings"}`` (weights: diagnostics dict or null)."""
-    return json.dumps({"meta": meta, "observables": [r.as_dict() for r in rows],
-                       "weights": getattr(rows, "weights", None),
-                       "warnings": weight_warnings(rows), "notes": weight_notes(rows)},
-                      indent=1, default=str)

@@ -1,5 +1,6 @@
-"""Weight diagnostics (lattice_flows.weights) and the zero/failed-weight handling of the
-statistics functions, against known generalized-Pareto samples and hand computations."""
+"""Weight diagnostics (lattice_flows.weights, lattice_flows.pareto) and the zero/failed-weight
+handling of the statistics functions, against known generalized-Pareto samples and hand
+computations."""
 
 from __future__ import annotations
 
@@ -13,15 +14,12 @@ from lattice_flows.estimates import (
     log_partition_function,
     reweighted_mean,
 )
+from lattice_flows.pareto import gpd_fit, khat_threshold, pareto_khat, tail_length
 from lattice_flows.weights import (
     WeightAccumulator,
     care_note,
     flags_for,
-    gpd_fit,
-    khat_threshold,
     longest_false_run,
-    pareto_khat,
-    tail_length,
     weight_diagnostics,
 )
 from tests.conftest import family_sigma
