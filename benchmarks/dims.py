@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.config import FlowConfig  # noqa: E402
 from lattice_flows.flows import build_flow  # noqa: E402
-from lattice_flows.flows import nets  # noqa: E402
+from lattice_flows.flows import nets, periodic_conv  # noqa: E402
 from lattice_flows.malloc import keep_freed_memory  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
 from lattice_flows.training.estimators import make_estimator  # noqa: E402
@@ -62,20 +62,21 @@ def old_periodic_extend(x: torch.Tensor, radius: int, ndim: int) -> torch.Tensor
 
 @contextlib.contextmanager
 def code(variant: str):
-    """Run the block with the current nets module (``after``) or its old form (``before``)."""
+    """Run the block with the current conditioner modules (``after``) or their old form
+    (``before``): periodic_extend is swapped where it is called (periodic_conv and nets)."""
     if variant == "after":
         yield
         return
-    saved = (nets.periodic_extend, nets.EXTEND_ONCE_BELOW, nets.ConvConditioner.max_sites,
-             nets.OddConvConditioner.max_sites)
-    nets.periodic_extend = old_periodic_extend
-    nets.EXTEND_ONCE_BELOW = math.inf  # always extend once
+    saved = (periodic_conv.periodic_extend, nets.periodic_extend, periodic_conv.EXTEND_ONCE_BELOW,
+             nets.ConvConditioner.max_sites, nets.OddConvConditioner.max_sites)
+    periodic_conv.periodic_extend = nets.periodic_extend = old_periodic_extend
+    periodic_conv.EXTEND_ONCE_BELOW = math.inf  # always extend once
     nets.ConvConditioner.max_sites = nets.OddConvConditioner.max_sites = 1 << 62  # rows only
     try:
         yield
     finally:
-        (nets.periodic_extend, nets.EXTEND_ONCE_BELOW, nets.ConvConditioner.max_sites,
-         nets.OddConvConditioner.max_sites) = saved
+        (periodic_conv.periodic_extend, nets.periodic_extend, periodic_conv.EXTEND_ONCE_BELOW,
+         nets.ConvConditioner.max_sites, nets.OddConvConditioner.max_sites) = saved
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

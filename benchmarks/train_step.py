@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.config import config_from_dict, load_raw  # noqa: E402
 from lattice_flows.flows import build_flow  # noqa: E402
-from lattice_flows.flows.nets import PeriodicConvNet  # noqa: E402
+from lattice_flows.flows.periodic_conv import PeriodicConvNet  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
 from lattice_flows.training.estimators import make_estimator  # noqa: E402
 from lattice_flows.malloc import keep_freed_memory  # noqa: E402

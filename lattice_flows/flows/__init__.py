@@ -7,6 +7,7 @@ See the module docstrings for formulae and references; conventions in docs/conve
 """
 
 from lattice_flows.flows.bijections import AffineBijection, make_bijection
+from lattice_flows.flows.conditioner_parts import make_activation
 from lattice_flows.flows.coupling import CouplingLayer
 from lattice_flows.flows.flow import (
     BASELINE_FLOW_CONFIG,
@@ -17,12 +18,8 @@ from lattice_flows.flows.flow import (
 )
 from lattice_flows.flows.fourier import FourierGaussianLayer, lattice_momentum_squared
 from lattice_flows.flows.masks import check_even_extents, checkerboard, tile_mask
-from lattice_flows.flows.nets import (
-    ConvConditioner,
-    OddConvConditioner,
-    make_activation,
-    make_conv_net,
-)
+from lattice_flows.flows.nets import ConvConditioner, OddConvConditioner
+from lattice_flows.flows.periodic_conv import make_conv_net
 from lattice_flows.flows.prior import StandardNormalPrior
 from lattice_flows.flows.zero_mode import ZeroModeLayer
 

@@ -71,7 +71,7 @@ import torch
 from torch import nn
 
 from lattice_flows.flows.fourier import momentum_squared_grids
-from lattice_flows.flows.nets import _check_parities, bound_channels, make_activation
+from lattice_flows.flows.conditioner_parts import bound_channels, check_parities, make_activation
 
 
 class PhatKernelBank(nn.Module):
@@ -145,7 +145,7 @@ class GlobalKernelConditioner(nn.Module):
         local: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        _check_parities(parities, bounded)
+        check_parities(parities, bounded)
         self.local = local
         if channels < 1 or n_freq < 0:
             raise ValueError(f"channels must be >= 1 and n_freq >= 0, got {channels}, {n_freq}")

@@ -14,15 +14,10 @@ import torch
 
 from lattice_flows.config import FlowConfig, config_from_dict
 from lattice_flows.flows import build_flow
-from lattice_flows.flows import nets
-from lattice_flows.flows.nets import (
-    ConvConditioner,
-    ConvNd,
-    OddConvConditioner,
-    chunk_rows,
-    halo_ratio,
-    make_conv_net,
-)
+from lattice_flows.flows import periodic_conv
+from lattice_flows.flows.conditioner_parts import chunk_rows
+from lattice_flows.flows.nets import ConvConditioner, OddConvConditioner
+from lattice_flows.flows.periodic_conv import ConvNd, halo_ratio, make_conv_net
 from tests.unit.test_flows import NET_IDS, NETS, autograd_logdet, make
 
 # d = 3 and d = 4 lattices, and a small net so that the 4D Jacobian (256 x 256) stays cheap
@@ -160,9 +155,9 @@ def test_extend_once_and_per_conv_give_the_same_parameters(shape, cls, monkeypat
     torch.manual_seed(1)
     net = cls(len(shape), (5, 4), 3, "tanh", identity_init=False).double()
     x = torch.randn(3, *shape, dtype=torch.float64)
-    monkeypatch.setattr(nets, "EXTEND_ONCE_BELOW", math.inf)
+    monkeypatch.setattr(periodic_conv, "EXTEND_ONCE_BELOW", math.inf)
     once = net(x)
-    monkeypatch.setattr(nets, "EXTEND_ONCE_BELOW", 0.0)
+    monkeypatch.setattr(periodic_conv, "EXTEND_ONCE_BELOW", 0.0)
     per_conv = net(x)
     torch.testing.assert_close(per_conv, once, rtol=1e-12, atol=1e-12)
 
