@@ -63,7 +63,8 @@ from lattice_flows.estimates import effective_sample_size  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
 from lattice_flows.flows.flowfile import load_flow_weights  # noqa: E402
 from lattice_flows.flows.quality import chain_figures, sample_log_weights  # noqa: E402
-from lattice_flows.training.trainer import FLOW_NAME, train_flow  # noqa: E402
+from lattice_flows.training.train_state import FLOW_NAME  # noqa: E402
+from lattice_flows.training.trainer import train_flow  # noqa: E402
 from lattice_flows.malloc import keep_freed_memory  # noqa: E402
 
 SHAPE, M2, LAM = (8, 8), -4.0, 8.0

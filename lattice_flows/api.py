@@ -32,7 +32,8 @@ from lattice_flows.io.checkpoint import CheckpointError, load_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.flow_run import run_sample
 from lattice_flows.mcmc.hmc_run import run_hmc
-from lattice_flows.training.trainer import TrainResult, train_flow
+from lattice_flows.training.train_state import TrainResult
+from lattice_flows.training.trainer import train_flow
 
 __all__ = ["Config", "ConfigError", "SampleFile", "analyze", "hmc", "load_config", "load_flow",
            "open_samples", "sample", "train"]

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from lattice_flows.io.sample_format import DataFileError
     from lattice_flows.io.lock import RunLockedError
     from lattice_flows.mcmc.flow_run import SamplingError
-    from lattice_flows.training.trainer import TrainingError
+    from lattice_flows.training.train_step import TrainingError
 
     global _WORLD
     parser = build_parser()

@@ -165,8 +165,9 @@ def test_training_resumed_on_more_ranks_draws_distinct_streams(tmp_path):
     # one more step is enough: the first batch after the resume is recorded
     proc = mpirun(str(HERE / "stream_check.py"), str(out), "train", str(cfg), "--no-progress",
                   "--set", "train.steps=21", check=False)
-    # the trainer's contract (trainer.py, resume): another number of ranks is resumed, each rank
-    # with a fresh stream from (seed, rank, step), and a warning says it is not bit-identical
+    # the trainer's contract (training/train_state.py, resume): another number of ranks is
+    # resumed, each rank with a fresh stream from (seed, rank, step), and a warning says it is
+    # not bit-identical
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "checkpointed with 1 rank(s) on 2" in proc.stderr, proc.stderr[-2000:]
     assert load_checkpoint(tmp_path / "run" / "train.ckpt")["step"] == 21
@@ -187,7 +188,8 @@ def test_forward_training_resumed_on_more_ranks_runs(tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", raw)
     proc = mpirun("-m", "lattice_flows", "train", str(cfg), "--no-progress", check=False)
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    # resumed (not refused): fresh data streams per rank, with the warning (trainer.py, resume)
+    # resumed (not refused): fresh data streams per rank, with the warning
+    # (training/train_state.py, resume)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "checkpointed with 1 rank(s) on 2" in proc.stderr, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 40
