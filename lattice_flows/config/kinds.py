@@ -86,6 +86,8 @@ PosOddInt = Annotated[int, Strict(), Field(gt=0), AfterValidator(_odd)]
 Flag = Annotated[bool, Strict()]
 PathText = Annotated[str, Strict(), Field(min_length=1)]
 PosIntList = Annotated[tuple[PosInt, ...], Field(min_length=1), BeforeValidator(_list_of_extents)]
+PosNumberList = Annotated[tuple[number(gt=0), ...], Field(min_length=1),
+                          BeforeValidator(_list_of_extents)]
 
 
 def refusal(key_path: str, value: Any, allowed: str, finite: float | None = None) -> ConfigError:

@@ -19,7 +19,7 @@ from pydantic_core import ArgsKwargs, PydanticCustomError
 
 from lattice_flows.config.couplings import ActionConfig, parse_action
 from lattice_flows.config.kinds import (
-    ConfigError, EvenNonNegInt, Flag, NonNegInt, PathText, PosInt, PosIntList, PosOddInt, fmt,
+    ConfigError, EvenNonNegInt, Flag, NonNegInt, PathText, PosInt, PosIntList, PosNumberList, PosOddInt, fmt,
     key, number,
 )
 
@@ -89,6 +89,9 @@ class FlowConfig:
         "auto", "'auto' (m2 if m2 > 0, else 1) or a positive mass squared")
     zero_mode_layer: Flag = key(
         False, "true or false (learnable monotone map of the magnetisation, first layer)")
+    zero_mode_widths: PosNumberList = key(
+        (0.5, 1.0, 2.0, 4.0), "a list of positive numbers (widths w_k of the zero-mode map's tanh "
+        "terms)", "deep in the broken phase add narrow ones (configs/broken/L16.yaml)")
     bijection: Literal["affine"] = key("affine")
     identity_init: Flag = key(
         True, "true (last conv of each conditioner starts at zero: the fresh flow is the "
@@ -302,4 +305,5 @@ class Config:
                 out[name] = dataclasses.asdict(section)
         if self.flow is not None:
             out["flow"]["hidden_channels"] = list(self.flow.hidden_channels)
+            out["flow"]["zero_mode_widths"] = list(self.flow.zero_mode_widths)
         return out

@@ -43,7 +43,7 @@ from lattice_flows.flows.global_kernel import GlobalKernelConditioner
 from lattice_flows.flows.masks import check_even_extents, checkerboard
 from lattice_flows.flows.nets import ConvConditioner, OddConvConditioner
 from lattice_flows.flows.prior import StandardNormalPrior
-from lattice_flows.flows.zero_mode import ZeroModeLayer
+from lattice_flows.flows.zero_mode import WIDTHS as ZERO_MODE_WIDTHS, ZeroModeLayer
 
 
 class Flow(nn.Module):
@@ -137,7 +137,8 @@ def build_flow(
 ) -> Flow:
     """Build the flow of ``flow_cfg`` for ``lattice_shape`` (any d >= 1, even extents).
 
-    Layers: an optional :class:`ZeroModeLayer` (``flow_cfg.zero_mode_layer``), an optional
+    Layers: an optional :class:`ZeroModeLayer` (``flow_cfg.zero_mode_layer``, widths
+    ``flow_cfg.zero_mode_widths``), an optional
     :class:`FourierGaussianLayer` (``flow_cfg.fourier_layer``, initialised
     with :func:`fourier_m2_init` of ``m2``), ``flow_cfg.cnf_layers`` continuous equivariant layers
     (:class:`~lattice_flows.flows.cnf.ContinuousEquivariantLayer`, ``cnf_steps`` RK4 steps,
@@ -153,7 +154,8 @@ def build_flow(
     ndim = len(shape)
     layers: list[nn.Module] = []
     if getattr(flow_cfg, "zero_mode_layer", False):
-        layers.append(ZeroModeLayer(ndim))
+        widths = tuple(getattr(flow_cfg, "zero_mode_widths", ZERO_MODE_WIDTHS))
+        layers.append(ZeroModeLayer(ndim, widths))
     if flow_cfg.fourier_layer:
         init = getattr(flow_cfg, "fourier_m2_init", "auto")
         m2_init = fourier_m2_init(m2) if init == "auto" else float(init)

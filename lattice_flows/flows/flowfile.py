@@ -94,6 +94,8 @@ def load_flow(path: str | Path, lattice_shape: tuple[int, ...], device, dtype,
         raise CheckpointError(f"{path}: a '{state.get('kind')}' checkpoint, not a flow (flow.pt).")
     fc = dict(state["flow_config"])
     fc["hidden_channels"] = tuple(fc["hidden_channels"])
+    if "zero_mode_widths" in fc:  # files written before the key existed: the default widths
+        fc["zero_mode_widths"] = tuple(fc["zero_mode_widths"])
     trained_shape = tuple(state["lattice_shape"])
     if len(trained_shape) != len(lattice_shape):
         raise CheckpointError(

@@ -15,7 +15,12 @@ along e_0 and 1 elsewhere, hence log|det J| = log g'(c) (exact). The scalar map 
     g(c) = a c + sum_k b_k w_k tanh(c / w_k) + sum_k d_k (c - w_k tanh(c / w_k)),
     g'(c) = a + sum_k b_k sech^2(c / w_k) + sum_k d_k tanh^2(c / w_k) >= a > 0,
 
-a, b_k, d_k = softplus of learnable numbers, fixed widths w_k. Every term is odd, so
+a = softplus(raw_a), b_k = s_k softplus(raw_b_k), d_k = softplus(raw_d_k) for learnable raw
+numbers and fixed widths w_k, with s_k = max(1, 0.5 / w_k)^2: a width below 0.5
+(``flow.zero_mode_widths``, for the broken phase) has a step of height b_k w_k that a raw
+parameter of order one reaches (an order-one height at w_k = 0.5, the narrowest default width,
+needs b_k ~ 2; at w_k = 1/32 it would need b_k ~ 32 without the factor), and the default widths
+(0.5 ... 4, s_k = 1) mean what they meant before the factor existed. Every term is odd, so
 g(-c) = -g(c) and the layer is exactly Z2-equivariant (tanh and sums are sign-symmetric in IEEE
 arithmetic); it commutes with translations; its parameters do not depend on L. b_k > 0 spreads
 the centre of the M distribution (towards flat-topped or bimodal), d_k > 0 pulls it together.
@@ -58,12 +63,13 @@ class ZeroModeLayer(nn.Module):
         self.ndim = ndim
         self.register_buffer("widths", torch.tensor(widths, dtype=torch.get_default_dtype()),
                              persistent=False)
+        self.register_buffer("b_scale", (0.5 / self.widths).clamp(min=1.0) ** 2, persistent=False)
         self.raw_a = nn.Parameter(torch.tensor(math.log(math.e - 1.0)))  # softplus -> 1
         self.raw_b = nn.Parameter(torch.full((len(widths),), -12.0))
         self.raw_d = nn.Parameter(torch.full((len(widths),), -12.0))
 
     def _coefficients(self, dtype: torch.dtype):
-        return (softplus(self.raw_a).to(dtype), softplus(self.raw_b).to(dtype),
+        return (softplus(self.raw_a).to(dtype), (self.b_scale * softplus(self.raw_b)).to(dtype),
                 softplus(self.raw_d).to(dtype), self.widths.to(dtype))
 
     def g_and_slope(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

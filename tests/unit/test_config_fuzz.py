@@ -29,7 +29,7 @@ VALID = {
     "hmc": {"n_chains": 2, "n_therm": 20, "n_traj": 4, "n_steps": 2, "step_size": "auto",
             "target_acceptance": 0.8, "save_every": 1, "integrator": "leapfrog", "jitter": 0.5},
     "flow": {"n_layers": 2, "hidden_channels": [4], "kernel_size": 3, "equivariant": True,
-             "activation": "silu", "fourier_layer": True},
+             "activation": "silu", "fourier_layer": True, "zero_mode_widths": [0.25, 1.0]},
     "train": {"steps": 2, "batch_size": 4, "lr": 0.001, "objective": "reverse"},
     "sample": {"n_chains": 2, "n_samples": 4, "batch_size": 8, "cnf_steps": None},
     "output": {"dir": "PLACEHOLDER", "chunk_rows": 10},
@@ -141,6 +141,11 @@ def _pos_int_list(v) -> bool:
     return isinstance(v, list) and len(v) > 0 and all(_is_int(n) and n > 0 for n in v)
 
 
+def _pos_number_list(v) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(
+        _number(x) is not None and _number(x) > 0 for x in v)
+
+
 _is_bool = lambda v: isinstance(v, bool)  # noqa: E731
 _pos = _int_ok(lambda n: n > 0)
 
@@ -169,6 +174,7 @@ ALLOWED = {
     # the conditioner is 'symmetrized' (default), which takes any activation
     ("flow", "activation"): _choice("tanh", "leaky_relu", "gelu", "silu", "relu", "softsign"),
     ("flow", "fourier_layer"): _is_bool,
+    ("flow", "zero_mode_widths"): _pos_number_list,
     ("train", "steps"): _pos,
     ("train", "batch_size"): _pos,
     ("train", "lr"): _num_ok(lambda x: x > 0),
@@ -209,6 +215,8 @@ NUMBER_KEYS = {("action", "m2"), ("action", "lam"), ("hmc", "step_size"),
 def resolve(sec: str, key: str | None, v):
     """The value an accepted raw value resolves to: numbers (also written as strings or ints)
     as floats, anything else as given."""
+    if (sec, key) == ("flow", "zero_mode_widths"):
+        return [float(x) for x in v]
     return float(v) if (sec, key) in NUMBER_KEYS and v != "auto" else v
 
 
@@ -223,7 +231,8 @@ def same(a, b) -> bool:
 
 SECTION_DEFAULTS = {
     "hmc": asdict(HMCConfig()),
-    "flow": {**asdict(FlowConfig()), "hidden_channels": list(FlowConfig().hidden_channels)},
+    "flow": {**asdict(FlowConfig()), "hidden_channels": list(FlowConfig().hidden_channels),
+             "zero_mode_widths": list(FlowConfig().zero_mode_widths)},
     "train": asdict(TrainConfig()),
     "sample": asdict(SampleConfig()),
     "output": asdict(OutputConfig()),

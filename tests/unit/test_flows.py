@@ -171,6 +171,55 @@ def test_zero_mode_layer_moves_only_the_magnetisation_and_inverts_with_gradients
     assert torch.autograd.gradcheck(lambda v: layer.inverse(v)[1], (y[:2].detach().requires_grad_(),))
 
 
+NARROW = (0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def test_narrow_zero_mode_widths_make_a_sharp_bimodal_map_that_inverts_exactly(tmp_path):
+    """flow.zero_mode_widths: with a width << 1 the map g can jump across c = 0 within a small
+    fraction of the prior's mass (the broken phase: two narrow sectors at c = +-|M| sqrt(V));
+    invertibility, log-det against autograd, exact Z2 and the flow.pt round trip hold for any
+    widths."""
+    from lattice_flows.config import config_from_dict
+    from lattice_flows.flows.flowfile import flow_state, load_flow
+
+    flow = make(n_layers=2, zero_mode_layer=True, zero_mode_widths=NARROW)
+    layer = flow.layers[0]
+    assert isinstance(layer, ZeroModeLayer) and tuple(layer.widths.tolist()) == NARROW
+    # b_k = s_k softplus(raw_b_k), s_k = max(1, 0.5 / w_k)^2: 1 for the default widths
+    assert layer.b_scale.tolist() == [256.0, 64.0, 16.0, 4.0, 1.0, 1.0, 1.0, 1.0]
+    assert ZeroModeLayer(ndim=2).b_scale.tolist() == [1.0] * 4
+    with torch.no_grad():  # a step of height 10 over a width 1/32, slope 0.05 elsewhere
+        layer.raw_a.fill_(math.log(math.expm1(0.05)))
+        layer.raw_b.fill_(-30.0)
+        layer.raw_b[0] = math.log(math.expm1(10.0 / NARROW[0] / (0.5 / NARROW[0]) ** 2))
+        layer.raw_d.fill_(-30.0)
+    c = torch.tensor([-0.2, -0.1, 0.1, 0.2], dtype=torch.float64)
+    g, _ = layer.g_and_slope(c)
+    assert (g.abs() > 9.9).all() and torch.equal(g[:2], -g[2:].flip(0))
+    default_step = ZeroModeLayer(ndim=2).double()
+    with torch.no_grad():  # the same step with the default widths' narrowest term (0.5)
+        default_step.raw_a.fill_(math.log(math.expm1(0.05)))
+        default_step.raw_b.fill_(-30.0)
+        default_step.raw_b[0] = math.log(math.expm1(10.0 / 0.5))
+        default_step.raw_d.fill_(-30.0)
+    assert (default_step.g_and_slope(c)[0].abs() < 4.0).all()  # stuck in the barrier
+    z = torch.randn(3, 4, 4, dtype=torch.float64)
+    phi, logdet = flow(z)
+    z_back, logdet_inv = flow.inverse(phi)
+    assert torch.allclose(z_back, z, atol=1e-9) and torch.allclose(logdet_inv, -logdet, atol=1e-9)
+    assert torch.allclose(logdet[0], autograd_logdet(flow, z[0]), atol=1e-8, rtol=0)
+    phi_m, logdet_m = flow(-z)
+    assert torch.equal(phi_m, -phi) and torch.equal(logdet_m, logdet)
+    cfg = config_from_dict({"lattice": {"shape": [4, 4]}, "action": {"m2": -4.0, "lam": 3.5},
+                            "flow": {**SMALL, "n_layers": 2, "zero_mode_layer": True,
+                                     "zero_mode_widths": list(NARROW)}})
+    torch.save(flow_state(flow, cfg), tmp_path / "flow.pt")
+    back = load_flow(tmp_path / "flow.pt", (4, 4), "cpu", torch.float64)
+    assert tuple(back.layers[0].widths.tolist()) == NARROW
+    # (load_flow builds in float32 before casting: the float64 weights come back rounded)
+    assert torch.allclose(back(z)[0], phi, atol=1e-5, rtol=0)
+
+
 # --------------------------------------------------------------------------- symmetries
 
 
