@@ -12,8 +12,9 @@ proposals are always rejected and counted in ``n_nonfinite``: log w = -inf is a 
 (acceptance probability exactly 0, a correct rejection); NaN or +inf is a failure of the flow.
 :mod:`lattice_flows.weights` keeps the two apart (``n_zero``, ``n_failed``).
 
-The one implementation, :func:`accept_reject`, serves the flow sampler (many chains, blocks of
-proposals; :mod:`lattice_flows.mcmc.flow_run`) and the flow-quality figures (one chain over
+The one implementation, :func:`accept_reject`, serves the flow samplers (many chains, blocks of
+proposals, :func:`independence_block`; :mod:`lattice_flows.mcmc.flow_run` and the flow steps of
+:mod:`lattice_flows.mcmc.composite_run`) and the flow-quality figures (one chain over
 fresh samples, :func:`independence_chain`; :mod:`lattice_flows.flows.quality`). It compares
 ``log u < log w' - log w`` in float64 on Python floats: the same IEEE operations as a
 vectorised loop, without a handful of tensor operations per step.
@@ -82,6 +83,26 @@ def accept_reject(
         _by_step(trace, torch.float64, device),
         torch.tensor(final, dtype=torch.float64, device=device), n_nonfinite,
     )
+
+
+def independence_block(
+    current: dict[str, torch.Tensor], proposals: dict[str, torch.Tensor], uniforms: torch.Tensor,
+) -> tuple[dict[str, torch.Tensor], MetropolisResult]:
+    """k independence-Metropolis steps of every chain over a block of proposals, with the
+    states they leave the chains in.
+
+    ``current``: each chain's state, ``{name: (n_chains, ...)}`` with ``log_w`` among the names
+    (-inf: no state yet); ``proposals``: the same names, ``(k, n_chains, ...)``, in order;
+    ``uniforms``: (k, n_chains) U(0,1) in float64. Accepts as :func:`accept_reject`
+    (min(1, w'/w), docs/conventions.md "Statistics"). Returns ``block`` with
+    ``block[name][j, c]`` the state of chain c after step j (the proposal it holds, or its state
+    from before the block), and the :class:`MetropolisResult`."""
+    res = accept_reject(proposals["log_w"], current["log_w"], uniforms)
+    k, n_chains = res.index.shape
+    src = res.index + 1  # 0: the state before the block
+    cols = torch.arange(n_chains, device=src.device).expand(k, n_chains)
+    block = {name: torch.cat([current[name][None], proposals[name]])[src, cols] for name in current}
+    return block, res
 
 
 def _by_step(columns: list[list], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -27,7 +27,7 @@ from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.estimates import DEFAULT_S, Estimate, estimate_obs, gamma_method, make_obs
 from lattice_flows.file_weights import flow_weights
 
-SAMPLE_FILE_NAMES = ("samples.h5", "importance.h5", "hmc.h5")
+SAMPLE_FILE_NAMES = ("samples.h5", "importance.h5", "composite.h5", "hmc.h5")
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,8 @@ class TrainConfig:
 class SampleConfig:
     """Flow production (see :mod:`lattice_flows.mcmc.flow_run`)."""
 
-    mode: Literal["mcmc", "importance"] = key("mcmc")
+    mode: Literal["mcmc", "importance", "composite"] = key(
+        "mcmc", note="composite: flow steps + HMC trajectories per sweep, needs an hmc section")
     n_chains: PosInt = key(16, "a positive integer (independent chains)")
     n_samples: PosInt = key(
         1000, "a positive integer (Metropolis steps per chain, or samples per column in "
@@ -196,6 +197,10 @@ class SampleConfig:
     cnf_steps: PosInt | None = key(
         None, "null (the RK4 steps the flow was trained with) or a positive integer (RK4 steps "
         "of every continuous layer while sampling)")
+    flow_steps: PosInt = key(
+        1, "a positive integer (flow independence steps per sweep of mode 'composite')")
+    hmc_trajectories: PosInt = key(
+        1, "a positive integer (HMC trajectories per sweep of mode 'composite')")
 
 
 @dataclass(frozen=True, config=_FROZEN)
@@ -288,6 +293,16 @@ class Config:
                 "flow; checkerboard couplings need every extent even."
             )
         return flow
+
+    @model_validator(mode="after")
+    def _composite_needs_hmc(self) -> "Config":
+        if self.sample is not None and self.sample.mode == "composite" and self.hmc is None:
+            raise ConfigError(
+                "config key 'sample.mode': value 'composite' needs the config section 'hmc' "
+                "(the settings of its HMC trajectories); add an hmc section, or use mode "
+                "'mcmc' or 'importance'."
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (YAML-safe), both parametrizations included."""

@@ -35,17 +35,18 @@ from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.faults import nan_injected
 from lattice_flows.flows.cnf import set_integration_steps
+from lattice_flows.flows.flow import Flow
 from lattice_flows.flows.flowfile import load_flow
 from lattice_flows.flows.quality import propose
 from lattice_flows.logs import log
-from lattice_flows.metropolis import accept_reject
+from lattice_flows.metropolis import independence_block
 from lattice_flows.observables import measure
 from lattice_flows.runtime.production import Advance, run_production
 from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.weights import WeightAccumulator, as_attrs, describe
 
-SAMPLES_NAME = {"mcmc": "samples.h5", "importance": "importance.h5"}
+SAMPLES_NAME = {"mcmc": "samples.h5", "importance": "importance.h5", "composite": "composite.h5"}
 
 
 class SamplingError(RuntimeError):
@@ -57,17 +58,36 @@ def run_sample(cfg: Config, run_dir: str | Path | None = None, progress: bool = 
     """Run (or resume) flow production for ``cfg``; returns the sample file path (with several
     MPI ranks: the merged view of the rank files). The production skeleton (lock, resume, chunked
     commit + checkpoint, graceful stop) is :mod:`lattice_flows.runtime.production`;
-    :class:`FlowProducer` is the flow part."""
+    :class:`FlowProducer` is the flow part; ``sample.mode: composite`` runs
+    :func:`lattice_flows.mcmc.composite_run.run_composite`."""
     if cfg.sample is None:
         raise ConfigError("config section 'sample' is missing; it is required by 'lattice-flows sample'.")
     run_dir = Path(run_dir or cfg.output.dir)
     rank = 0 if world is None else world.rank
     mode = cfg.sample.mode
+    if mode == "composite":  # flow steps + HMC trajectories (imports this module: lazy)
+        from lattice_flows.mcmc.composite_run import run_composite
+
+        return run_composite(cfg, run_dir, progress, world)
     return run_production(
         lambda: FlowProducer(cfg, run_dir, world), cfg, run_dir, world,
         base=SAMPLES_NAME[mode][:-3], stage="sample", lock_name=f".lock.sample.{rank}",
         desc=f"flow {mode}", progress=progress,
     )
+
+
+def open_flow(cfg: Config, run_dir: Path, device, dtype) -> tuple[Path, Flow]:
+    """The production flow: ``sample.flow`` (or the run folder's flow.pt) loaded for the config's
+    lattice and couplings, with ``sample.cnf_steps`` RK4 steps when given. Returns (path, flow)."""
+    sc = cfg.sample
+    assert sc is not None
+    path = Path(sc.flow) if sc.flow else run_dir / "flow.pt"
+    flow = load_flow(path, cfg.lattice.shape, device, dtype, (cfg.action.m2, cfg.action.lam))
+    if sc.cnf_steps is not None:
+        n_layers = set_integration_steps(flow, sc.cnf_steps)
+        log.info("sampling with %d RK4 steps in %d continuous layer(s) (sample.cnf_steps)",
+                 sc.cnf_steps, n_layers)
+    return path, flow
 
 
 class FlowProducer:
@@ -86,13 +106,7 @@ class FlowProducer:
         self.dtype = resolve_dtype(cfg.dtype)
         self.shape = cfg.lattice.shape
         self.action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
-        self.flow_path = Path(sc.flow) if sc.flow else run_dir / "flow.pt"
-        self.flow = load_flow(self.flow_path, self.shape, self.device, self.dtype,
-                              (cfg.action.m2, cfg.action.lam))
-        if sc.cnf_steps is not None:
-            n_layers = set_integration_steps(self.flow, sc.cnf_steps)
-            log.info("sampling with %d RK4 steps in %d continuous layer(s) (sample.cnf_steps)",
-                     sc.cnf_steps, n_layers)
+        self.flow_path, self.flow = open_flow(cfg, run_dir, self.device, self.dtype)
         self.n_chains = sc.n_chains
         self.save_every = sc.save_every if sc.mode == "mcmc" else 1
         self.total = sc.n_samples
@@ -164,18 +178,10 @@ class FlowProducer:
         s, lq, lw = s.view(k, n_chains), lq.view(k, n_chains), lw.view(k, n_chains)
         self.wacc.add(lw.cpu().numpy())
         if mode == "mcmc":
-            res = accept_reject(lw, cur["log_w"], u)
+            block, res = independence_block(cur, {"phi": phi, "action": s, "log_q": lq,
+                                                  "log_w": lw}, u)
             self.n_nonfinite += res.n_nonfinite
             accepted = res.accepted
-            # state of chain c after step j: proposal index[j, c], or the state before the block
-            src = res.index + 1
-            cols = torch.arange(n_chains, device=device).expand(k, n_chains)
-            block = {
-                "phi": torch.cat([cur["phi"][None], phi])[src, cols],
-                "action": torch.cat([cur["action"][None], s])[src, cols],
-                "log_q": torch.cat([cur["log_q"][None], lq])[src, cols],
-                "log_w": torch.cat([cur["log_w"][None], lw])[src, cols],
-            }
             counted = accepted[1:] if step == 0 else accepted  # step 0 only initialises
             self.n_acc += int(counted.sum())
             self.wacc.add_accepted(accepted.cpu().numpy())

@@ -261,6 +261,8 @@ sample:
   flow: null
   save_every: 1
   cnf_steps: null
+  flow_steps: 1
+  hmc_trajectories: 1
 flow:
   n_layers: 2
   hidden_channels:
@@ -380,7 +382,7 @@ REFUSALS_BEFORE = [
     ('train.sign_flip', 'fast', 'true or false (random Z2 sign flips of training data)'),
     ('train.validation_fraction', 'fast',
      'a number in [0, 0.5] (share of data rows held out for the validation NLL)'),
-    ('sample.mode', 'fast', 'one of mcmc, importance'),
+    ('sample.mode', 'fast', 'one of mcmc, importance, composite'),
     ('sample.n_chains', 'fast', 'a positive integer (independent chains)'),
     ('sample.n_samples', 'fast',
      'a positive integer (Metropolis steps per chain, or samples per column in importance '
@@ -391,6 +393,10 @@ REFUSALS_BEFORE = [
     ('sample.cnf_steps', 'fast',
      'null (the RK4 steps the flow was trained with) or a positive integer (RK4 steps of '
      'every continuous layer while sampling)'),
+    ('sample.flow_steps', 0,
+     "a positive integer (flow independence steps per sweep of mode 'composite')"),
+    ('sample.hmc_trajectories', 0,
+     "a positive integer (HMC trajectories per sweep of mode 'composite')"),
     ('output.dir', -1, 'a non-empty path to the run folder'),
     ('output.chunk_rows', 'fast', 'a positive integer (saved rows per chunk write and checkpoint)'),
     ('output.store_G', 'fast', 'true or false (store the full G(y) per configuration)'),
@@ -487,6 +493,10 @@ SPECIAL_BEFORE = [
      'm2 > 0 (the Gaussian is not normalizable otherwise).'),
     ({'action': {'kappa': 'x', 'lam_hop': 0.1}},
      "config key 'action.kappa': value 'x' is not allowed; expected a finite real number."),
+    ({'sample.mode': 'composite', 'hmc': _DELETE},
+     "config key 'sample.mode': value 'composite' needs the config section 'hmc' (the "
+     "settings of its HMC trajectories); add an hmc section, or use mode 'mcmc' or "
+     "'importance'."),
 ]
 
 BARE = {"lattice": {"shape": [4, 4]}, "action": {"m2": -4.0, "lam": 8.0},

@@ -31,7 +31,8 @@ VALID = {
     "flow": {"n_layers": 2, "hidden_channels": [4], "kernel_size": 3, "equivariant": True,
              "activation": "silu", "fourier_layer": True, "zero_mode_widths": [0.25, 1.0]},
     "train": {"steps": 2, "batch_size": 4, "lr": 0.001, "objective": "reverse"},
-    "sample": {"n_chains": 2, "n_samples": 4, "batch_size": 8, "cnf_steps": None},
+    "sample": {"mode": "mcmc", "n_chains": 2, "n_samples": 4, "batch_size": 8, "cnf_steps": None,
+               "flow_steps": 1, "hmc_trajectories": 1},
     "output": {"dir": "PLACEHOLDER", "chunk_rows": 10},
 }
 
@@ -183,6 +184,10 @@ ALLOWED = {
     ("sample", "n_chains"): _pos,
     ("sample", "n_samples"): _pos,
     ("sample", "batch_size"): _pos,
+    # VALID has an hmc section, which mode 'composite' needs
+    ("sample", "mode"): _choice("mcmc", "importance", "composite"),
+    ("sample", "flow_steps"): _pos,
+    ("sample", "hmc_trajectories"): _pos,
     ("output", "dir"): lambda v: isinstance(v, str) and v != "",
     ("output", "chunk_rows"): _pos,
 }
@@ -244,7 +249,8 @@ BOUNDARY = [
     None, True, False, 0, 1, 2, 3, 4, 7, -1, 0.0, 0.5, 0.999, 1.0, 1.5, -0.5, 1e-300,
     "auto", "cpu", "cuda", "float32", "float64", "leapfrog", "omelyan", "tanh", "leaky_relu",
     "gelu", "silu", "relu", "softsign", "reverse", "path_gradient", "path_gradient_fast",
-    "forward", "mixed", "symmetrized", "odd", "mcmc", "affine", "runs/x", "", "3e-3", "1e-1",
+    "forward", "mixed", "symmetrized", "odd", "mcmc", "importance", "composite", "affine",
+    "runs/x", "", "3e-3", "1e-1",
     "0.5", "2", "-2", "+.5e1", "1.", "nan", "inf", "1_0", " 1", "0x10", "\u0661",
     [], [2], [4, 4], [3, 4], [0, 4], [2, 2, 2], [4, True], [1.0], {}, {"n_chains": 3},
     {"bogus": 1}, {"steps": 0}, {"dir": "runs/y", "chunk_rows": 5},

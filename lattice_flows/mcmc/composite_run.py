@@ -1,0 +1,320 @@
+"""Composite production (``sample.mode: composite``): flow independence steps + HMC, same chains.
+
+Flow independence-Metropolis steps and HMC trajectories interleaved on the same chains
+(Hackett et al., arXiv:2107.00734).
+
+One sweep of every chain is ``sample.flow_steps`` (k) independence steps with the flow as the
+proposal, then ``sample.hmc_trajectories`` (n) HMC trajectories with the ``hmc`` section's
+settings (integrator, n_steps, jitter, step size, hmc.dtype). Both kernels leave
+p(phi) ∝ exp(-S(phi)) invariant, so the sweep does (docs/conventions.md "Statistics"):
+
+* flow step: a proposal phi' ~ q is accepted with min(1, w(phi') / w(phi)),
+  log w = -S - log q in float64 (:func:`lattice_flows.metropolis.independence_block`, the
+  accept/reject of flow MCMC);
+* HMC: :class:`lattice_flows.mcmc.hmc.HMC`, accept with min(1, exp(-dH)).
+
+After HMC moves a chain, the log q of its new state is recomputed with the flow's inverse pass
+(``flow.log_prob``, batched over chains, no grad) and log w = -S - log q follows; a chain that
+HMC did not move keeps the log q it had (so a state's log q is the value from the pass that
+produced it). Without that recomputation the next flow step would compare against the weight of
+a state the chain has left, and the sweep would no longer leave p invariant
+(tests/unit/test_composite.py measures that bias).
+
+Start: a fresh run thermalises ``hmc.n_therm`` trajectories from HMC's near-cold start with
+:func:`lattice_flows.mcmc.hmc_run._thermalise` (tuning eps by dual averaging when
+``hmc.step_size`` is 'auto', then frozen), on ``sample.n_chains`` chains (``hmc.n_chains`` is not
+used); production starts from the thermalised chains, with the log q of each recomputed.
+The chains are kept in hmc.dtype; flow proposals (in the flow's dtype) are cast to it, and
+log q of a state is evaluated on the state cast to the flow's dtype.
+
+Proposals come in flow calls of ``sample.batch_size`` (``batch_size // (k n_chains)`` sweeps
+per call, at least one; proposals do not depend on the state). One :meth:`advance` is one flow
+call and its sweeps; a row every ``sample.save_every`` sweeps. Output ``composite.h5``: the
+layout of flow MCMC (configs, action, accepted, observables, log_q, log_w of the current state)
+plus ``flow_accepted`` / ``hmc_accepted`` (a flow step / an HMC trajectory accepted since the
+last row; ``accepted``: either), file attribute kind ``composite``, ``flow_acceptance`` and
+``hmc_acceptance`` in the commit attributes next to the flow proposals' ``weights_*``
+diagnostics (as :mod:`lattice_flows.mcmc.flow_run` has them; the rejection runs count flow
+steps). Checkpoints, resume (bit for bit), stop and MPI ranks go through
+:func:`lattice_flows.runtime.production.run_production`; a stop during the thermalisation
+resumes it as HMC's does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lattice_flows.config import Config, ConfigError
+from lattice_flows.devices import resolve_device, resolve_dtype
+from lattice_flows.flows.quality import propose
+from lattice_flows.io.checkpoint import save_checkpoint
+from lattice_flows.logs import log
+from lattice_flows.mcmc.flow_run import SAMPLES_NAME, SamplingError, open_flow
+from lattice_flows.mcmc.hmc import HMC
+from lattice_flows.mcmc.hmc_run import THERM_PHASE, _initial_step_size, _thermalise
+from lattice_flows.metropolis import independence_block
+from lattice_flows.observables import measure
+from lattice_flows.runtime.production import Advance, run_production
+from lattice_flows.runtime.seeds import derive_seed, make_generator
+from lattice_flows.theory.phi4 import Phi4Action
+from lattice_flows.weights import WeightAccumulator, as_attrs, describe
+
+#: stream id of the composite chains' generator (flow proposals, uniforms and HMC alike)
+SEED_STREAM = 20
+KIND = "composite"
+#: hmc keys that define the composite sweep's HMC kernel (a resume with others is refused)
+HMC_KEYS = ("n_therm", "n_steps", "step_size", "target_acceptance", "integrator", "jitter",
+            "dtype")
+
+
+def run_composite(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
+                  world=None) -> Path:
+    """Run (or resume, or extend) the composite production of ``cfg`` (``sample.mode:
+    composite``; entry point ``lattice-flows sample``); returns the sample file (several MPI
+    ranks: the merged view of the rank files)."""
+    if cfg.sample is None or cfg.hmc is None:
+        missing = "sample" if cfg.sample is None else "hmc"
+        raise ConfigError(f"config section '{missing}' is missing; it is required by "
+                          "sample.mode 'composite'.")
+    h = cfg.hmc
+    if h.step_size == "auto" and h.n_therm < 20:
+        raise ConfigError(
+            f"config key 'hmc.n_therm': value {h.n_therm} is too small for step_size 'auto'; "
+            "expected at least 20 thermalisation trajectories to tune the step size of the "
+            "composite sampler's HMC (or give a numeric hmc.step_size)."
+        )
+    run_dir = Path(run_dir or cfg.output.dir)
+    rank = 0 if world is None else world.rank
+    return run_production(
+        lambda: CompositeProducer(cfg, run_dir, progress and rank == 0, world), cfg, run_dir,
+        world, base=SAMPLES_NAME[KIND][:-3], stage="sample", lock_name=f".lock.sample.{rank}",
+        desc="flow + hmc", progress=progress,
+    )
+
+
+class CompositeProducer:
+    """Composite chains for :func:`~lattice_flows.runtime.production.run_production` (see the
+    module docstring). ``recompute_log_q=False`` is the deliberately wrong variant that keeps
+    the log q of the state before HMC (tests only: it shows that the recomputation matters)."""
+
+    kind = KIND
+
+    def __init__(self, cfg: Config, run_dir: Path, show: bool, world, *,
+                 recompute_log_q: bool = True) -> None:
+        sc, h = cfg.sample, cfg.hmc
+        assert sc is not None and h is not None
+        self.cfg, self.sc, self.h, self.run_dir, self.show = cfg, sc, h, run_dir, show
+        self.recompute_log_q = recompute_log_q
+        rank = 0 if world is None else world.rank
+        self.device = resolve_device(cfg.device, 0 if world is None else world.local_rank)
+        self.flow_dtype, self.dtype = resolve_dtype(cfg.dtype), resolve_dtype(h.dtype)
+        self.shape = cfg.lattice.shape
+        self.action = Phi4Action(cfg.action.m2, cfg.action.lam, cfg.lattice.ndim)
+        self.flow_path, self.flow = open_flow(cfg, run_dir, self.device, self.flow_dtype)
+        self.n_chains, self.total, self.save_every = sc.n_chains, sc.n_samples, sc.save_every
+        self.k, self.n_traj = sc.flow_steps, sc.hmc_trajectories
+        self.sweeps_per_block = max(1, sc.batch_size // (self.k * self.n_chains))
+        self.gen = make_generator(self.device, derive_seed(cfg.seed, rank, SEED_STREAM))
+        self.hmc = HMC(self.action, _initial_step_size(cfg), h.n_steps, h.integrator, h.jitter,
+                       self.gen)
+
+    # ------------------------------------------------------------------ start / resume
+
+    def start(self, state: dict | None, ckpt_path: Path) -> None:
+        n_chains = self.n_chains
+        if state is None or (state.get("kind") == "hmc" and state.get("phase") == THERM_PHASE):
+            self._check_shape(state, ckpt_path)
+            # _thermalise runs hmc.n_chains chains: here they are the sample.n_chains chains
+            therm_cfg = dataclasses.replace(self.cfg, hmc=dataclasses.replace(self.h, n_chains=n_chains))
+            phi, self.cpu_s = _thermalise(therm_cfg, self.hmc, self.gen, self.device, self.dtype,
+                                          state, ckpt_path, self.run_dir, self.show)
+            self.step, self.n_flow_acc, self.n_hmc_acc, self.n_nonfinite = 0, 0, 0, 0
+            s = self.action(phi.to(torch.float64))
+            lq = self._log_q(phi)
+            self.cur = {"phi": phi, "action": s, "log_q": lq, "log_w": -(s + lq)}
+            self.wacc = WeightAccumulator(self.total * self.k * n_chains, n_chains)
+            self.since = {name: torch.zeros(n_chains, dtype=torch.bool, device=self.device)
+                          for name in ("flow", "hmc")}
+            log.info(
+                "composite sampling on %s: lattice %s, m2=%g lam=%g, %d chains x %d sweeps of %d "
+                "flow step(s) + %d HMC trajectory(ies) (eps %.5g, %s), flow %s", self.device,
+                self.shape, self.cfg.action.m2, self.cfg.action.lam, n_chains, self.total,
+                self.k, self.n_traj, self.hmc.step_size, self.h.dtype, self.flow_path,
+            )
+            save_checkpoint(self.checkpoint(self.cpu_s), ckpt_path)  # no re-thermalising
+            return
+        self._check_state(state, ckpt_path)
+        self.gen.set_state(state["rng"])
+        self.hmc.step_size = float(state["step_size"])
+        self.step = int(state["step"])
+        self.cur = {k: state[k].to(self.device) for k in ("phi", "action", "log_q", "log_w")}
+        self.cur["phi"] = self.cur["phi"].to(self.dtype)
+        self.n_flow_acc, self.n_hmc_acc = int(state["n_flow_accepted"]), int(state["n_hmc_accepted"])
+        self.n_nonfinite, self.cpu_s = int(state["n_nonfinite"]), float(state["cpu_s"])
+        self.wacc = WeightAccumulator.from_state(state["weights"])
+        self.wacc.resize(self.total * self.k * n_chains)
+        self.since = {name: state[f"{name}_since_save"].to(self.device) for name in ("flow", "hmc")}
+        log.info("resuming composite sampling in %s at sweep %d of %d", self.run_dir, self.step,
+                 self.total)
+
+    def _check_shape(self, state: dict | None, ckpt_path: Path) -> None:
+        if state is not None and tuple(state["phi"].shape) != (self.n_chains, *self.shape):
+            raise ConfigError(
+                f"{ckpt_path}: thermalisation checkpoint of chains x lattice "
+                f"{tuple(state['phi'].shape)}, the config asks for "
+                f"{(self.n_chains, *self.shape)}; use a new output.dir."
+            )
+
+    def _kernel_settings(self) -> dict:
+        """The settings that define the sweep's kernels (the resume rules of
+        :mod:`lattice_flows.runtime.resume` watch the sample section; these are checked here)."""
+        h = self.h
+        return {"sample.flow_steps": self.k, "sample.hmc_trajectories": self.n_traj,
+                **{f"hmc.{name}": getattr(h, name) for name in HMC_KEYS}}
+
+    def _check_state(self, state: dict, ckpt_path: Path) -> None:
+        """Refuse a checkpoint of another kind, lattice, number of chains or kernel settings."""
+        if state.get("kind") != KIND or tuple(state["phi"].shape) != (self.n_chains, *self.shape):
+            raise ConfigError(
+                f"{ckpt_path}: checkpoint does not match the config (kind {state.get('kind')!r}, "
+                f"chains x lattice {tuple(state['phi'].shape)}); use a new output.dir."
+            )
+        old, new = state["kernel"], self._kernel_settings()
+        changed = [k for k in new if old.get(k) != new[k]]
+        if changed:
+            raise ConfigError(
+                f"{ckpt_path}: this composite run was started with other kernel settings "
+                f"(changed: {', '.join(f'{k} {old.get(k)!r} -> {new[k]!r}' for k in changed)}); "
+                "resuming would mix two samplers. Restore the old values or use a new output.dir."
+            )
+
+    @torch.no_grad()
+    def _log_q(self, phi: torch.Tensor) -> torch.Tensor:
+        """log q of the chains' states (inverse pass, float64), batched over chains."""
+        return self.flow.log_prob(phi.to(self.flow_dtype)).to(torch.float64)
+
+    # ------------------------------------------------------------------ production
+
+    def rows_done(self) -> int:
+        return self.step // self.save_every
+
+    def file_attrs(self) -> dict:
+        return {"flow_path": str(self.flow_path), "step_size": self.hmc.step_size,
+                "hmc_dtype": self.h.dtype, "flow_steps": self.k,
+                "hmc_trajectories": self.n_traj}
+
+    def row_specs(self) -> dict:
+        return {"log_q": ((), np.float64), "log_w": ((), np.float64),
+                "flow_accepted": ((), np.bool_), "hmc_accepted": ((), np.bool_)}
+
+    def advance(self) -> Advance:
+        """One flow call: the proposals of ``m`` sweeps, then the sweeps (k flow steps, n HMC
+        trajectories each) and the rows of those that complete a save group."""
+        n_chains, shape, k = self.n_chains, self.shape, self.k
+        m = min(self.sweeps_per_block, self.total - self.step)
+        phi, s, lq, lw = propose(self.flow, self.action, m * k * n_chains, self.gen, shape)
+        u = torch.rand((m, k, n_chains), generator=self.gen, device=self.device,
+                       dtype=torch.float64)
+        props = {"phi": phi.to(self.dtype).view(m, k, n_chains, *shape),
+                 "action": s.view(m, k, n_chains), "log_q": lq.view(m, k, n_chains),
+                 "log_w": lw.view(m, k, n_chains)}
+        self.wacc.add(lw.view(m * k, n_chains).cpu().numpy())
+        rows = []
+        for j in range(m):
+            self._flow_steps({name: v[j] for name, v in props.items()}, u[j])
+            self._hmc_trajectories()
+            self.step += 1
+            if self.step % self.save_every == 0:
+                rows.append(self._row())
+        return Advance(rows, n_steps=m, last=self.step >= self.total)
+
+    def _flow_steps(self, proposals: dict[str, torch.Tensor], u: torch.Tensor) -> None:
+        block, res = independence_block(self.cur, proposals, u)
+        self.cur = {name: v[-1] for name, v in block.items()}
+        self.n_nonfinite += res.n_nonfinite
+        self.n_flow_acc += int(res.accepted.sum())
+        self.since["flow"] |= res.accepted.any(0)
+        self.wacc.add_accepted(res.accepted.cpu().numpy())
+
+    def _hmc_trajectories(self) -> None:
+        cur, moved = self.cur, torch.zeros(self.n_chains, dtype=torch.bool, device=self.device)
+        phi, s = cur["phi"], cur["action"]
+        for _ in range(self.n_traj):
+            phi, acc, _, s = self.hmc.step(phi)
+            moved |= acc
+            self.n_hmc_acc += int(acc.sum())
+        self.since["hmc"] |= moved
+        lq = cur["log_q"]
+        if self.recompute_log_q and bool(moved.any()):
+            lq = torch.where(moved, self._log_q(phi), lq)
+        lw = -(s + lq)
+        if not bool(torch.isfinite(lw).all()):
+            bad = torch.nonzero(~torch.isfinite(lw)).flatten().tolist()
+            raise SamplingError(
+                f"{self.flow_path}: log q of the states HMC moved chains {bad[:8]} to is not "
+                f"finite (sweep {self.step + 1}); the flow's inverse pass fails there: retrain "
+                "the flow or check sample.flow."
+            )
+        self.cur = {"phi": phi, "action": s, "log_q": lq, "log_w": lw}
+
+    def _row(self) -> dict[str, np.ndarray]:
+        cur = self.cur
+        obs = measure(cur["phi"], self.action, self.cfg.output.store_G)
+        row = {
+            "configs": cur["phi"].to(torch.float32).cpu().numpy(),
+            "action": cur["action"].cpu().numpy(),
+            "accepted": (self.since["flow"] | self.since["hmc"]).cpu().numpy(),
+            "flow_accepted": self.since["flow"].cpu().numpy(),
+            "hmc_accepted": self.since["hmc"].cpu().numpy(),
+            "log_q": cur["log_q"].cpu().numpy(),
+            "log_w": cur["log_w"].cpu().numpy(),
+        }
+        row.update({f"observables/{n}": v.cpu().numpy() for n, v in obs.items()})
+        self.since = {name: torch.zeros_like(v) for name, v in self.since.items()}
+        return row
+
+    def _acceptances(self) -> tuple[float, float]:
+        done = max(1, self.step * self.n_chains)
+        return self.n_flow_acc / (done * self.k), self.n_hmc_acc / (done * self.n_traj)
+
+    def postfix(self) -> dict | None:
+        if not self.step:
+            return None
+        flow, hmc = self._acceptances()
+        return {"flow acc": f"{flow:.3f}", "hmc acc": f"{hmc:.3f}"}
+
+    def commit_attrs(self, cpu_s: float) -> dict:
+        flow, hmc = self._acceptances()
+        return {"cpu_s": cpu_s, "sweeps_done": self.step, "n_nonfinite": self.n_nonfinite,
+                "flow_acceptance": flow, "hmc_acceptance": hmc,
+                **as_attrs(self.wacc.result(chain=True))}
+
+    def checkpoint(self, cpu_s: float) -> dict:
+        return {
+            "kind": KIND, "kernel": self._kernel_settings(), "step": self.step,
+            "rng": self.gen.get_state().clone(), "step_size": float(self.hmc.step_size),
+            **{k: v.detach().cpu().clone() for k, v in self.cur.items()},
+            "n_flow_accepted": self.n_flow_acc, "n_hmc_accepted": self.n_hmc_acc,
+            "n_nonfinite": self.n_nonfinite, "cpu_s": cpu_s,
+            **{f"{name}_since_save": v.cpu().clone() for name, v in self.since.items()},
+            "weights": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                        for k, v in self.wacc.state().items()},
+        }
+
+    def finish(self, steps_run: int, seconds: float, samples_path: Path, n_rows: int) -> None:
+        if steps_run <= 0:
+            log.info("composite run %s is already complete", self.run_dir)
+            return
+        flow, hmc = self._acceptances()
+        log.info(
+            "composite done: %d sweeps x %d chains in %.1f s (%.1f sweeps/s), flow acceptance "
+            "%.3f, HMC acceptance %.3f, %d non-finite proposals rejected; %d rows in %s",
+            steps_run, self.n_chains, seconds, steps_run / seconds, flow, hmc, self.n_nonfinite,
+            n_rows, samples_path,
+        )
+        for line in describe(self.wacc.result(chain=True), f"{samples_path}: flow proposals"):
+            log.warning("%s", line)
