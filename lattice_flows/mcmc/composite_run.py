@@ -129,7 +129,8 @@ class CompositeProducer:
         if state is None or (state.get("kind") == "hmc" and state.get("phase") == THERM_PHASE):
             self._check_shape(state, ckpt_path)
             # _thermalise runs hmc.n_chains chains: here they are the sample.n_chains chains
-            therm_cfg = dataclasses.replace(self.cfg, hmc=dataclasses.replace(self.h, n_chains=n_chains))
+            therm_hmc = dataclasses.replace(self.h, n_chains=n_chains)
+            therm_cfg = dataclasses.replace(self.cfg, hmc=therm_hmc)
             phi, self.cpu_s = _thermalise(therm_cfg, self.hmc, self.gen, self.device, self.dtype,
                                           state, ckpt_path, self.run_dir, self.show)
             self.step, self.n_flow_acc, self.n_hmc_acc, self.n_nonfinite = 0, 0, 0, 0
@@ -153,7 +154,8 @@ class CompositeProducer:
         self.step = int(state["step"])
         self.cur = {k: state[k].to(self.device) for k in ("phi", "action", "log_q", "log_w")}
         self.cur["phi"] = self.cur["phi"].to(self.dtype)
-        self.n_flow_acc, self.n_hmc_acc = int(state["n_flow_accepted"]), int(state["n_hmc_accepted"])
+        self.n_flow_acc = int(state["n_flow_accepted"])
+        self.n_hmc_acc = int(state["n_hmc_accepted"])
         self.n_nonfinite, self.cpu_s = int(state["n_nonfinite"]), float(state["cpu_s"])
         self.wacc = WeightAccumulator.from_state(state["weights"])
         self.wacc.resize(self.total * self.k * n_chains)

@@ -1,6 +1,7 @@
-"""Composite production end to end (``sample.mode: composite``, lattice_flows/mcmc/composite_run.py):
-the exact free field with a tiny, deliberately imperfect trained flow; agreement with plain HMC
-at the tutorial couplings on a 4x4 lattice; SIGKILL anywhere (and SIGTERM during the
+"""Composite production end to end (``sample.mode: composite``, mcmc/composite_run.py).
+
+The exact free field with a tiny, deliberately imperfect trained flow; agreement with plain HMC
+at the tutorial couplings on a 4x4 lattice (through ``lattice-flows run``); SIGKILL anywhere (and SIGTERM during the
 thermalisation) + rerun equal to an uninterrupted run element by element, through the real
 ``lattice-flows sample`` CLI. Tolerances: Gamma-method errors (docs/conventions.md "Statistics")
 times a Sidak threshold for the checks of each test (conftest.sidak_z, family-wise alpha 1e-3).
@@ -25,7 +26,8 @@ from lattice_flows.estimates import gamma_method
 from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.flow_run import run_sample
-from lattice_flows.mcmc.hmc_run import THERM_PHASE, run_hmc
+from lattice_flows.mcmc.hmc_run import THERM_PHASE
+from lattice_flows.pipeline import run_pipeline
 from lattice_flows.theory.free_field import exact_susceptibility, exact_two_point
 from lattice_flows.training.trainer import train_flow
 from tests.conftest import assert_same_samples, cli, sidak_z, write_config
@@ -84,12 +86,12 @@ def test_free_field_composite_matches_exact(tmp_path):
 
 def test_tutorial_couplings_composite_agrees_with_hmc(tmp_path):
     """m2 = -4, lam = 8 on 4x4 (the tutorial couplings, a small volume): composite chains with
-    a briefly trained flow vs plain HMC on <|M|>, chi2 and E."""
-    raw = raw_cfg(tmp_path / "run", TUTORIAL)
-    cfg = config_from_dict(raw)
-    train_flow(cfg, progress=False)
-    comp = SampleFile(run_sample(cfg, progress=False))
-    hmc = SampleFile(run_hmc(cfg, progress=False))  # same folder: the pipeline's layout
+    a briefly trained flow vs plain HMC on <|M|>, chi2 and E, both from ``lattice-flows run``
+    (the pipeline dispatches on sample.mode and compares against HMC)."""
+    run = tmp_path / "run"
+    report = run_pipeline(config_from_dict(raw_cfg(run, TUTORIAL)), progress=False)
+    assert "flow composite" in report and "flow composite" in (run / "comparison.md").read_text()
+    comp, hmc = SampleFile(run / "composite.h5"), SampleFile(run / "hmc.h5")
     assert comp.attrs["kind"] == "composite" and hmc.attrs["kind"] == "hmc"
     z_max = sidak_z(ALPHA, 3)
     for name in ("absM", "chi2", "E"):
@@ -124,7 +126,8 @@ def test_composite_killed_anywhere_resumes_to_the_uninterrupted_chain(tmp_path, 
                   TUTORIAL["m2"], TUTORIAL["lam"])
     assert launch("sample", cfg).wait() == 0
     assert_same_samples(tmp_path / "ref" / "composite.h5", tmp_path / "killed" / "composite.h5")
-    a, b = SampleFile(tmp_path / "ref" / "composite.h5"), SampleFile(tmp_path / "killed" / "composite.h5")
+    a = SampleFile(tmp_path / "ref" / "composite.h5")
+    b = SampleFile(tmp_path / "killed" / "composite.h5")
     for key in ("flow_acceptance", "hmc_acceptance", "step_size", "weights_khat", "weights_ess"):
         assert a.attrs[key] == b.attrs[key], key
 
