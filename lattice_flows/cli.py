@@ -1,7 +1,8 @@
 """Command line: ``lattice-flows {hmc,train,sample,run,analyze,info,export} ...``.
 
 * ``hmc``, ``train``, ``sample`` CONFIG: HMC production, flow training, flow production
-  (independence Metropolis or importance sampling); each resumes its run folder;
+  (independence Metropolis, importance sampling, or composite flow + HMC sweeps); each
+  resumes its run folder;
 * ``run`` CONFIG: train -> sample (-> hmc) -> analyze, skipping completed stages;
 * ``analyze`` PATH: observables with Gamma-method errors; ``info`` FILE: metadata of a sample
   file (``--verify`` checks it); ``export`` PATH: one self-contained sample file.
@@ -176,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("sample", help="flow production: independence Metropolis or importance sampling")
+    p = sub.add_parser("sample", help="flow production: independence Metropolis, importance "
+                       "sampling or composite (flow steps + HMC; sample.mode)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_sample)
 
