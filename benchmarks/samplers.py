@@ -249,6 +249,9 @@ def main() -> int:
     p.add_argument("--flow", action="append", default=[], metavar="POINT=FLOW_PT",
                    help="the trained flow of a point (its train_summary.json beside it gives the "
                         "training CPU-s)")
+    p.add_argument("--train-cpu", action="append", default=[], metavar="POINT=CPU_S",
+                   help="the training CPU-s of a point's flow over its whole transfer chain (default: "
+                        "train_cpu_s of the train_summary.json beside the flow, the last rung only)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of every run, e.g. hmc.n_traj=20000")
     p.add_argument("--threads", type=int, default=1)
@@ -274,6 +277,10 @@ def main() -> int:
     for item in args.flow:
         point, _, path = item.partition("=")
         flows[point] = Path(path)
+    train_cpu = {}
+    for item in args.train_cpu:
+        point, _, value = item.partition("=")
+        train_cpu[point] = float(value)
     work = Path(args.work or f"/tmp/lattice_flows_samplers_{os.getpid()}")
     hw = hardware()
     print(f"# samplers benchmark; hardware: {hw}", flush=True)
@@ -281,8 +288,10 @@ def main() -> int:
     for point in args.points.split(","):
         for sampler in args.samplers.split(","):
             t0 = time.perf_counter()
-            path, train_cpu, lam = run_one(point, sampler, work, args.overrides, flows)
-            row = sampler_row(point, sampler, SampleFile(path), train_cpu, lam)
+            path, trained, lam = run_one(point, sampler, work, args.overrides, flows)
+            if trained is not None and point in train_cpu:
+                trained = train_cpu[point]
+            row = sampler_row(point, sampler, SampleFile(path), trained, lam)
             row["file"] = str(path)
             rows.append(row)
             print(f"{point} {sampler}: {time.perf_counter() - t0:.0f} s wall, acceptance "

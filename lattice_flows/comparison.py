@@ -23,10 +23,15 @@ def cost_per_effective_sample(est: Estimate, n_samples: int, cpu_s: float) -> fl
     return cpu_s * 2.0 * est.tau_int / n_samples
 
 
+#: sample-file kinds of the classical (non-flow) samplers: the baselines of a comparison
+CLASSICAL_KINDS = ("hmc",)
+
 RATIO_DIRECTIONS = {
     "z_vs_first": "(O_run - O_ref) / sqrt(err_run^2 + err_ref^2): > 0: the run is higher",
     "tau_int_ratio": "tau_int(run) / tau_int(ref): < 1: the run decorrelates in fewer saved rows",
     "cost_ratio": "CPU-s per effective sample, run / ref: < 1: the run is cheaper",
+    "cost_vs_best_classical": "CPU-s per effective sample, run / the cheapest classical (HMC-kind) "
+                              "run of the comparison: < 1: the run beats the strongest baseline",
 }
 
 
@@ -77,6 +82,12 @@ def compare(files: list[Path], names: list[str] | None = None, discard: int | No
                 "cpu_s_per_eff": c, "cost_ratio": c / c0 if c0 and math.isfinite(c0) else float("nan"),
                 "ratio_of": f"{r['name']} / {ref['name']}", "flag": r["flags"].get(obs, ""),
             })
+        classical = [(r["cpu_s_per_eff"], r["name"]) for r, run in zip(line["runs"], runs)
+                     if run["kind"] in CLASSICAL_KINDS and math.isfinite(r["cpu_s_per_eff"])]
+        best, best_name = min(classical) if classical else (float("nan"), None)
+        line["best_classical"] = best_name
+        for r in line["runs"]:
+            r["cost_vs_best_classical"] = r["cpu_s_per_eff"] / best if best > 0 else float("nan")
         table.append(line)
     return {"runs": [{k: v for k, v in r.items() if k not in ("rows", "flags")} for r in runs],
             "table": table, "reference": ref["name"], "ratio_directions": RATIO_DIRECTIONS}
@@ -89,7 +100,10 @@ def format_comparison(cmp: dict) -> str:
     head = ("| observable | " + " | ".join(names)
             + f" | z = ({others} − {ref}) / σ | τ_int {others} / {ref} (< 1: {others} decorrelates faster)"
             + f" | cost per eff. sample {others} / {ref} (< 1: {others} cheaper) |")
-    lines = [head, "|" + "---|" * (len(names) + 4)]
+    several = sum(r.get("kind") in CLASSICAL_KINDS for r in cmp["runs"]) > 1
+    if several:  # more than one baseline: say which is the strongest, per observable
+        head += " cost per eff. sample / the cheapest classical run (which) |"
+    lines = [head, "|" + "---|" * (len(names) + 4 + several)]
     flagged = False
     for line in cmp["table"]:
         vals = []
@@ -100,7 +114,11 @@ def format_comparison(cmp: dict) -> str:
         z = ", ".join(f"{r['z_vs_first']:+.2f}" for r in line["runs"][1:])
         tr = ", ".join(f"{r['tau_int_ratio']:.3g}" for r in line["runs"][1:])
         cr = ", ".join(f"{r['cost_ratio']:.3g}" for r in line["runs"][1:])
-        lines.append(f"| {line['observable']} | " + " | ".join(vals) + f" | {z} | {tr} | {cr} |")
+        cells = f"| {line['observable']} | " + " | ".join(vals) + f" | {z} | {tr} | {cr} |"
+        if several:
+            vb = ", ".join(f"{r['cost_vs_best_classical']:.3g}" for r in line["runs"])
+            cells += f" {vb} ({line['best_classical']}) |"
+        lines.append(cells)
     cpu = ", ".join(f"{r['name']}: {r['cpu_s']:.1f} CPU-s, {r['n']} samples" for r in cmp["runs"])
     lines.append("")
     lines.append(f"Cost basis: {cpu}. CPU-s per effective sample = CPU-s x 2 tau_int / N.")

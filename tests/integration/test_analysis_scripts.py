@@ -145,6 +145,29 @@ def test_compare_z_score_and_cost_ratio_by_hand(run_dir, tmp_path):
                                                  rel=1e-9)
 
 
+def test_compare_reports_against_the_cheapest_of_several_baselines(run_dir, tmp_path):
+    """With two HMC runs among the inputs, every run's cost is also given relative to the cheaper
+    HMC run per observable (the strongest baseline of the comparison), which is named."""
+    from lattice_flows import api
+
+    cfg = api.load_config({
+        "lattice": {"shape": [6, 6]}, "action": {"m2": -4.0, "lam": 8.0}, "seed": 4,
+        "device": "cpu", "hmc": {"n_chains": 4, "n_therm": 50, "n_traj": 300, "n_steps": 2},
+        "output": {"dir": str(tmp_path / "hmc2")}})
+    second = api.hmc(cfg)
+    ok(script("compare.py", run_dir / "samples.h5", run_dir / "hmc.h5", second, "--names",
+              "flow,HMC,HMC2", "--out", tmp_path, "--quiet"))
+    cmp = json.loads((tmp_path / "comparison.json").read_text())
+    for line in cmp["table"]:
+        flow, h1, h2 = line["runs"]
+        best = min((h1["cpu_s_per_eff"], "HMC"), (h2["cpu_s_per_eff"], "HMC2"))
+        assert line["best_classical"] == best[1]
+        assert flow["cost_vs_best_classical"] == pytest.approx(flow["cpu_s_per_eff"] / best[0])
+        assert min(h1["cost_vs_best_classical"], h2["cost_vs_best_classical"]) == pytest.approx(1.0)
+    assert "cost per eff. sample / the cheapest classical run (which)" in (
+        tmp_path / "comparison.md").read_text()
+
+
 def test_compare_run_folder_expands(run_dir, tmp_path):
     ok(script("compare.py", run_dir, "--reference", "2", "--out", tmp_path, "--quiet"))
     cmp = json.loads((tmp_path / "comparison.json").read_text())
