@@ -299,7 +299,12 @@ def test_run_folder_records_written_before_pydantic_read_back(tmp_path):
     assert [k for k in diff_configs(stored.to_dict(), cfg.to_dict()) if not k.startswith("action.")] == []
     assert (stored.action.m2, stored.action.lam) == (cfg.action.m2, cfg.action.lam)
     body = "".join(line for line in RECORD_BEFORE.splitlines(keepends=True) if not line.startswith("#"))
-    assert config_yaml(cfg) == body
+    # keys added after the record was written show their defaults in the resolved config
+    added = ("  fourier_acceleration: false\n", "  fa_kernel: free\n", "  fa_mu2: auto\n",
+             "  trajectory_length: null\n")  # hmc, issue 15
+    resolved = config_yaml(cfg).splitlines(keepends=True)
+    assert all(line in resolved for line in added)
+    assert "".join(line for line in resolved if line not in added) == body
     assert FlowConfig(**yaml.safe_load(body)["flow"]) == cfg.flow == stored.flow
 
 
@@ -422,7 +427,7 @@ SPECIAL_BEFORE = [
     ({'hmc.bogus': 1},
      "config section 'hmc': unknown key 'bogus'; allowed keys are n_chains, n_therm, "
      'n_traj, n_steps, step_size, target_acceptance, save_every, integrator, jitter, '
-     'dtype.'),
+     'dtype, fourier_acceleration, fa_kernel, fa_mu2, trajectory_length.'),
     ({'bogus': {}},
      "config: unknown section 'bogus'; allowed sections are lattice, action, seed, "
      'device, dtype, hmc, flow, train, sample, output.'),
@@ -500,6 +505,24 @@ def test_refusals_keep_their_wording(key, value, expected):
     with pytest.raises(ConfigError) as info:
         config_from_dict(_set({key: value}))
     assert str(info.value) == f"config key '{key}': value {value!r} is not allowed; expected {expected}."
+
+
+# issue 15: the Fourier-acceleration and trajectory-length keys of the hmc section
+REFUSALS_HMC_TUNING = [
+    ('hmc.fourier_acceleration', 'yes',
+     'true or false (Fourier acceleration: kinetic term 1/2 pi^T M^-1 pi)'),
+    ('hmc.fa_kernel', 'exact', 'one of free, measured'),
+    ('hmc.fa_mu2', -1.0, "'auto' or a positive mass squared"),
+    ('hmc.fa_mu2', 'fast', "'auto' or a positive mass squared"),
+    ('hmc.trajectory_length', 0, "null, 'auto' or a positive trajectory length"),
+    ('hmc.trajectory_length', 'long', "null, 'auto' or a positive trajectory length"),
+]
+
+
+@pytest.mark.parametrize("key,value,expected", REFUSALS_HMC_TUNING,
+                         ids=[f"{k}={v!r}" for k, v, _ in REFUSALS_HMC_TUNING])
+def test_hmc_tuning_refusals_name_key_value_and_what_is_allowed(key, value, expected):
+    test_refusals_keep_their_wording(key, value, expected)
 
 
 @pytest.mark.parametrize("changes,message", SPECIAL_BEFORE, ids=[str(c)[:40] for c, _ in SPECIAL_BEFORE])
