@@ -6,7 +6,8 @@ builds M(p) (float64, shape ``rfft_shape(shape)``, i.e. the output grid of
 ``torch.fft.rfftn`` over the lattice axes):
 
 * ``free``:     M(p) = 2 (phat^2 + mu^2),  phat^2 = sum_mu 4 sin^2(p_mu / 2);
-* ``measured``: M(p) = 1 / G(p),  G(p) = <|phi~(p)|^2> / V the measured propagator.
+* ``measured``: M(p) = 1 / G(p),  G(p) = <|phi~(p)|^2> / V the measured propagator, averaged
+  over the chains, the configurations and the lattice's reflections and axis permutations.
 
 Normalisation: S = phi^T K phi with K = -Laplacian + m^2, so the free field has G(p) = 1/(2K(p))
 and the mode p oscillates with omega(p)^2 = 2 K(p) / M(p). Both kernels give omega = 1 for every
@@ -16,6 +17,7 @@ draw and the step size starts at O(0.1-1) whatever the couplings.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -42,12 +44,20 @@ def free_mass(shape: tuple[int, ...], mu2: float) -> torch.Tensor:
 
 
 def power_spectrum_sum(phi: torch.Tensor, ndim: int) -> torch.Tensor:
-    """sum over the batch of |phi~(p)|^2 / V on the rfft half grid (float64); divided by the
-    batch size it is the propagator G(p) of these configurations."""
+    """sum over the batch of |phi~(p)|^2 / V on the rfft half grid (float64), averaged over the
+    lattice symmetries that map momenta to momenta (p_mu -> -p_mu per axis, and permutations of
+    axes of equal extent: the action's hypercubic symmetry, so the true G(p) is invariant and the
+    average only removes noise). Divided by the batch size it is the propagator G(p)."""
     dims = tuple(range(phi.dim() - ndim, phi.dim()))
-    volume = math.prod(phi.shape[-ndim:])
-    f = torch.fft.rfftn(phi.to(torch.float64), dim=dims)
-    return (f.real ** 2 + f.imag ** 2).sum(dim=0) / volume
+    shape = tuple(phi.shape[-ndim:])
+    f = torch.fft.fftn(phi.to(torch.float64), dim=dims)
+    g = (f.real ** 2 + f.imag ** 2).sum(dim=0) / math.prod(shape)
+    for axis in range(ndim):  # k -> -k mod L along one axis
+        g = 0.5 * (g + torch.roll(torch.flip(g, [axis]), 1, axis))
+    perms = [p for p in itertools.permutations(range(ndim))
+             if all(shape[i] == shape[j] for i, j in zip(p, range(ndim)))]
+    g = sum(g.permute(p) for p in perms) / len(perms)
+    return g[..., : shape[-1] // 2 + 1].contiguous()
 
 
 def measured_mass(g: torch.Tensor) -> torch.Tensor:

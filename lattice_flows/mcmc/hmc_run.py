@@ -21,7 +21,7 @@ from lattice_flows.logs import log
 from lattice_flows.mcmc.hmc import HMC
 from lattice_flows.mcmc.hmc_tuning import (
     check_plan, finish_without_thermalisation, frozen_settings, hmc_from_config, new_state,
-    plan_from_config, tuning_step,
+    plan_from_config, restore_frozen, tuning_step,
 )
 from lattice_flows.observables import measure
 from lattice_flows.progress import progress_bar
@@ -99,7 +99,7 @@ class HMCProducer:
         else:
             self.phi = state["phi"].to(device=self.device, dtype=self.dtype)
             self.gen.set_state(state["rng"])
-            _restore_frozen(self.hmc, state, self.device)
+            restore_frozen(self.hmc, state, self.device)
             self.frozen = {k: state[k] for k in ("fa_mu2", "trajectory_scan") if k in state}
             self.step = int(state["traj"])
             self.n_acc, self.n_tried = int(state["n_accepted"]), int(state["n_tried"])
@@ -210,15 +210,6 @@ def _check_checkpoint(state: dict, ckpt_path: Path, cfg: Config) -> None:
         )
 
 
-def _restore_frozen(hmc: HMC, state: dict, device) -> None:
-    """eps, n_steps and the FA mass from a checkpoint (older checkpoints: eps only)."""
-    hmc.step_size = float(state["step_size"])
-    if "n_steps" in state:
-        hmc.n_steps = int(state["n_steps"])
-    mass = state.get("fa_mass")
-    hmc.set_mass(None if mass is None else mass.to(device))
-
-
 def _thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state: dict | None,
                 ckpt_path: Path, run_dir: Path, show: bool,
                 frozen: dict | None = None) -> tuple[torch.Tensor, float]:
@@ -248,7 +239,7 @@ def _thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, stat
     else:
         phi = state["phi"].to(device=device, dtype=dtype)
         gen.set_state(state["rng"])
-        _restore_frozen(hmc, state, device)
+        restore_frozen(hmc, state, device)
         cpu_before = float(state["cpu_s"])
         tuning = state.get("tuning")
         if tuning is None:  # a checkpoint from before hmc_tuning: the tune segment only

@@ -341,3 +341,13 @@ def frozen_settings(hmc: HMC, state: dict | None) -> dict[str, Any]:
     if state is not None and state.get("scan"):
         out["trajectory_scan"] = [dict(row) for row in state["scan"]]
     return out
+
+
+def restore_frozen(hmc: HMC, state: dict[str, Any], device=None) -> None:
+    """The inverse of :func:`frozen_settings`: eps, n_steps and the FA mass from a checkpoint
+    ``state`` (checkpoints from before this module: eps only; no ``fa_mass``: unit mass)."""
+    hmc.step_size = float(state["step_size"])
+    if "n_steps" in state:
+        hmc.n_steps = int(state["n_steps"])
+    mass = state.get("fa_mass")
+    hmc.set_mass(None if mass is None else mass.to(device) if device is not None else mass)

@@ -69,6 +69,21 @@ def test_fit_mu2_recovers_the_free_mass():
     assert fit_mu2(g, SHAPE) == pytest.approx(0.45, rel=1e3 * EPS64)
 
 
+def test_measured_propagator_is_averaged_over_the_lattice_symmetries(thermalised):
+    """G(p) of power_spectrum_sum: its zero mode is sum V M^2 (Parseval, rounding), and it is
+    invariant under p_mu -> -p_mu and the exchange of the two equal axes (exactly)."""
+    phi, _, _ = thermalised
+    g = power_spectrum_sum(phi, 2)
+    volume = math.prod(SHAPE)
+    m = phi.mean(dim=(1, 2))
+    assert float(g[0, 0]) == pytest.approx(float(volume * (m * m).sum()), rel=1e3 * EPS64)
+    for k in range(SHAPE[0]):
+        for j in range(SHAPE[1] // 2 + 1):
+            assert float(g[k, j]) == float(g[(-k) % SHAPE[0], j])
+            if k <= SHAPE[1] // 2:
+                assert float(g[k, j]) == pytest.approx(float(g[j, k]), rel=8 * EPS64)
+
+
 @pytest.mark.parametrize("kernel", ["free", "measured"])
 @pytest.mark.parametrize("integrator", ["leapfrog", "omelyan"])
 def test_fa_integrator_is_reversible(thermalised, integrator, kernel):
