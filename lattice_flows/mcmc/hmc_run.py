@@ -236,6 +236,9 @@ def _thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, stat
             f", Fourier acceleration (fa_kernel {h.fa_kernel}, fa_mu2 {h.fa_mu2})"
             if h.fourier_acceleration else "",
         )
+        if plan.fourier and not plan.needs_measurement:
+            log.info("FA-HMC: mass kernel free, M(p) = 2 (phat^2 + mu2) with mu2 = %g (%s)",
+                     plan.mu2, "m2 of the free field" if h.fa_mu2 == "auto" else "hmc.fa_mu2")
     else:
         phi = state["phi"].to(device=device, dtype=dtype)
         gen.set_state(state["rng"])
