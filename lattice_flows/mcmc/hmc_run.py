@@ -208,6 +208,13 @@ def _check_checkpoint(state: dict, ckpt_path: Path, cfg: Config) -> None:
             f"for {h.dtype!r}; resuming would mix two precisions. Set hmc.dtype={ran_in} to "
             "resume, or use a new output.dir."
         )
+    if state.get("phase") != THERM_PHASE and ("fa_mass" in state) != h.fourier_acceleration:
+        ran = "with" if "fa_mass" in state else "without"
+        raise ConfigError(
+            f"{ckpt_path}: this HMC run was started {ran} Fourier acceleration, the config asks "
+            f"for hmc.fourier_acceleration {str(h.fourier_acceleration).lower()}; set it back to "
+            f"resume, or use a new output.dir."
+        )
 
 
 def _thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state: dict | None,

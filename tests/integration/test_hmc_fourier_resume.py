@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from lattice_flows.cli import main
-from lattice_flows.config import config_from_dict
+from lattice_flows.config import ConfigError, config_from_dict
 from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.io.sample_verify import verify_sample_file
@@ -51,6 +51,19 @@ def test_extending_an_fa_run_reuses_its_mass_and_length(tmp_path):
     assert len(state["trajectory_scan"]) == 9
     assert main(["hmc", str(cfg), "--no-progress", "--set", "hmc.n_traj=80"]) == 0
     _assert_same_run(SampleFile(tmp_path / "long" / "hmc.h5"), SampleFile(tmp_path / "ext" / "hmc.h5"))
+
+
+def test_resuming_an_fa_checkpoint_without_fa_is_refused(tmp_path):
+    """Without the run's config record (the first guard) the checkpoint itself tells that the
+    chains ran with a Fourier mass: resuming them with unit mass is refused, naming the key."""
+    raw = tiny_hmc_raw(tmp_path / "r", n_traj=4, fourier_acceleration=True, fa_mu2=1.0)
+    run_hmc(config_from_dict(raw), progress=False)
+    for record in (tmp_path / "r").glob("config*.yaml"):
+        record.unlink()
+    raw["hmc"].update(fourier_acceleration=False, n_traj=8)
+    with pytest.raises(ConfigError, match="started with Fourier acceleration, the config asks "
+                                          "for hmc.fourier_acceleration false"):
+        run_hmc(config_from_dict(raw), progress=False)
 
 
 @pytest.mark.slow  # ~30 s: a process start per stop
