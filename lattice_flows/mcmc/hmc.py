@@ -6,7 +6,8 @@ Hamiltonian H(phi, pi) = 1/2 pi^T M^-1 pi + S(phi) with S and dS/dphi from
 positive circulant operator given by its eigenvalues M(p) on the real-FFT half grid
 (:mod:`lattice_flows.mcmc.fourier_mass`): pi = IFFT(sqrt(M(p)) FFT(xi)) with xi ~ N(0, 1) is a
 draw of N(0, M), the field moves by dphi/dt = M^-1 pi = IFFT(FFT(pi) / M(p)) and the kinetic
-term is 1/2 sum_x pi(x) (M^-1 pi)(x). A trajectory draws pi ~ N(0, M), integrates Hamilton's equations with a reversible, volume-preserving integrator
+term is 1/2 sum_x pi(x) (M^-1 pi)(x). A trajectory draws pi ~ N(0, M), integrates Hamilton's
+equations with a reversible, volume-preserving integrator
 (leapfrog, or Omelyan's 2nd-order minimum-norm scheme with lambda = 0.1931833) and accepts with
 probability min(1, exp(-dH)), evaluated in float64. The integrators stay reversible and
 volume-preserving for any symmetric positive M, so the accept/reject is exact for every M.
@@ -20,7 +21,8 @@ The number of integration steps is jittered per trajectory, uniform in
 trajectory length resonates with free-field modes). The jitter is drawn independently of the
 state, so every trajectory is a valid Metropolis step. The step size is tuned only during
 thermalisation, by dual averaging (Hoffman & Gelman 2014, arXiv:1111.4246, Alg. 5) toward a
-target acceptance, and then frozen.
+target acceptance, and then frozen; the whole tuning protocol (eps, the trajectory length, the
+FA mass) is :mod:`lattice_flows.mcmc.hmc_tuning`.
 """
 
 from __future__ import annotations
@@ -102,7 +104,6 @@ class HMC:
         self.integrator = integrator
         self.jitter = float(jitter)
         self.generator = generator
-        self.last_n_steps = self.n_steps
         self.mass = None
         self.set_mass(mass)
 
@@ -188,18 +189,15 @@ class HMC:
         return int(torch.randint(lo, hi + 1, (1,), generator=self.generator, device=dev).item())
 
     @torch.no_grad()
-    def step(self, phi: torch.Tensor, step_size: float | None = None,
-             n_steps: int | None = None):
+    def step(self, phi: torch.Tensor, step_size: float | None = None):
         """One trajectory for every chain.
 
         Returns ``(phi_new, accepted, accept_prob, action_new)`` where ``accepted`` is a bool
         tensor per chain, ``accept_prob`` = min(1, exp(-dH)) (float64) and ``action_new`` the
-        float64 action of the returned states. ``n_steps`` (no jitter) overrides the drawn
-        number of steps (tests of the integrator).
+        float64 action of the returned states.
         """
         eps = self.step_size if step_size is None else float(step_size)
-        n = self.draw_n_steps() if n_steps is None else int(n_steps)
-        self.last_n_steps = n
+        n = self.draw_n_steps()
         gen = self.generator
         pi = self.draw_momenta(phi)
         h0 = self.hamiltonian(phi, pi)
