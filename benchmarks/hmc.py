@@ -8,7 +8,7 @@ Usage::
                              [--trajectory-length auto|TAU] [--dtype float32|float64]
 
 For each L (default 8, 16, 32) at d = 2, m2 = -4, lam = 8 (docs/conventions.md, "Standard test
-points", "tutorial"), with float32 fields (``--dtype``) on the CPU:
+points", "tutorial"; ``--m2``/``--lam`` for others), with float32 fields (``--dtype``) on the CPU:
 
 * ``n_chains`` independent chains advance together as one batch (:class:`HMC`), leapfrog,
   nominal n_steps = 10 with jitter 0.5 (docs/conventions.md, "Practical notes");
@@ -91,24 +91,26 @@ def hardware(threads: int, dtype: str = "float32") -> dict:
 
 
 def bench_config(L: int, n_chains: int, n_tune: int, seed: int, fourier: str | None = None,
-                 fa_mu2="auto", trajectory_length=None, dtype: str = "float32"):
+                 fa_mu2="auto", trajectory_length=None, dtype: str = "float32",
+                 m2: float = M2, lam: float = LAM):
     """The library config of one benchmark run (the ``hmc`` section drives the tuning)."""
     hmc = {"n_chains": n_chains, "n_therm": n_tune, "n_steps": N_STEPS, "step_size": "auto",
            "target_acceptance": TARGET_ACC, "integrator": INTEGRATOR, "jitter": JITTER,
            "dtype": dtype, "fourier_acceleration": fourier is not None,
            "fa_kernel": fourier or "free", "fa_mu2": fa_mu2,
            "trajectory_length": trajectory_length}
-    return config_from_dict({"lattice": {"shape": [L, L]}, "action": {"m2": M2, "lam": LAM},
+    return config_from_dict({"lattice": {"shape": [L, L]}, "action": {"m2": m2, "lam": lam},
                              "seed": seed, "device": "cpu", "hmc": hmc})
 
 
 def run_one(L: int, n_chains: int, n_tune: int, n_therm: int, n_traj: int, seed: int,
             fourier: str | None = None, fa_mu2="auto", trajectory_length=None,
-            dtype: str = "float32") -> dict:
-    cfg = bench_config(L, n_chains, n_tune, seed, fourier, fa_mu2, trajectory_length, dtype)
+            dtype: str = "float32", m2: float = M2, lam: float = LAM) -> dict:
+    cfg = bench_config(L, n_chains, n_tune, seed, fourier, fa_mu2, trajectory_length, dtype, m2,
+                       lam)
     plan = plan_from_config(cfg)
     check_plan(plan)
-    action = Phi4Action(M2, LAM, NDIM)
+    action = Phi4Action(m2, lam, NDIM)
     tdtype = getattr(torch, dtype)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     # near-cold start, as the library does (hmc_run.COLD_START_WIDTH): hot N(0,1) starts can
@@ -254,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trajectory-length", default=None,
                     help="hmc.trajectory_length: 'auto' or a number (default: n_steps x eps)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--m2", type=float, default=M2, help=f"m2 (default {M2}, tutorial)")
+    ap.add_argument("--lam", type=float, default=LAM, help=f"lam (default {LAM}, tutorial; "
+                    "the E-ladder's L = 32 point is m2 -4, lam 4.572)")
     args = ap.parse_args(argv)
     tl = args.trajectory_length
     tl = None if tl is None else (tl if tl == "auto" else float(tl))
@@ -263,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     hw = hardware(args.threads, args.dtype)
     print("# HMC benchmark (lattice_flows)")
-    print(f"tutorial couplings: d={NDIM}, m2={M2}, lam={LAM}; {args.dtype} on CPU; {INTEGRATOR}, "
+    tutorial = (args.m2, args.lam) == (M2, LAM)
+    print(f"{'tutorial ' if tutorial else ''}couplings: d={NDIM}, m2={args.m2}, lam={args.lam}; "
+          f"{args.dtype} on CPU; {INTEGRATOR}, "
           f"n_steps={N_STEPS} jitter={JITTER}; eps by DualAveraging -> acceptance {TARGET_ACC}, "
           f"then frozen; Fourier acceleration: {args.fourier or 'off'} (fa_mu2 {fa_mu2}); "
           f"trajectory length: {tl if tl is not None else 'n_steps x eps'}")
@@ -282,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             n_traj = args.n_traj
         t0 = time.perf_counter()
         row = run_one(L, args.n_chains, n_tune, n_therm, n_traj, args.seed + i, args.fourier,
-                      fa_mu2, tl, args.dtype)
+                      fa_mu2, tl, args.dtype, args.m2, args.lam)
         row["wall_s_total"] = time.perf_counter() - t0
         rows.append(row)
         print(f"L={L}: done in {row['wall_s_total']:.1f} s wall (eps={row['step_size']:.4f}, "
@@ -302,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "hmc",
         "mode": "quick" if args.quick else "full",
-        "couplings": {"ndim": NDIM, "m2": M2, "lam": LAM},
+        "couplings": {"ndim": NDIM, "m2": args.m2, "lam": args.lam},
         "settings": {"integrator": INTEGRATOR, "n_steps": N_STEPS, "jitter": JITTER,
                      "fourier": args.fourier or "none", "fa_mu2": fa_mu2,
                      "trajectory_length": tl, "dtype": args.dtype,
