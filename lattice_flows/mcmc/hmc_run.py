@@ -21,7 +21,7 @@ from lattice_flows.logs import log
 from lattice_flows.mcmc.hmc import HMC
 from lattice_flows.mcmc.hmc_tuning import (
     check_plan, finish_without_thermalisation, frozen_settings, hmc_from_config, new_state,
-    plan_from_config, restore_frozen, tuning_step,
+    plan_from_config, prepare_hmc, restore_frozen, tuning_step,
 )
 from lattice_flows.observables import measure
 from lattice_flows.progress import progress_bar
@@ -35,6 +35,13 @@ COLD_START_WIDTH = 0.1
 #: ``phase`` of a checkpoint written by a stop during thermalisation; a production checkpoint has
 #: no ``phase`` (earlier versions wrote 0 or 1 there, never read; such checkpoints still resume)
 THERM_PHASE = -1
+
+
+def _initial_step_size(cfg: Config) -> float:
+    """eps of the first thermalisation trajectory (kept for producers that build ``HMC(...)``
+    themselves; :func:`~lattice_flows.mcmc.hmc_tuning.hmc_from_config` is the factory)."""
+    plan = plan_from_config(cfg)
+    return plan.initial_step_size(plan.fourier and not plan.needs_measurement)
 
 
 def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
@@ -235,6 +242,7 @@ def _thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, stat
         phi = COLD_START_WIDTH * torch.randn(
             (h.n_chains, *cfg.lattice.shape), generator=gen, device=device, dtype=dtype
         )
+        prepare_hmc(plan, hmc, device)  # a no-op after hmc_from_config
         tuning, cpu_before = new_state(plan, hmc), 0.0
         log.info(
             "HMC on %s (%s): lattice %s, m2=%g lam=%g, %d chains, %d therm + %d traj%s",

@@ -150,19 +150,25 @@ def hmc_from_config(cfg: Config, action: Phi4Action, shape: tuple[int, ...],
     field's m^2), the FA mass; :func:`run_tuning` sets the rest. ``device``/``dtype`` are those of
     the chains (the mass is stored in float64 and cast on use)."""
     h = cfg.hmc
-    plan = plan_from_config(cfg) if tuple(shape) == tuple(cfg.lattice.shape) else dataclasses.replace(
-        plan_from_config(cfg), shape=tuple(shape))
-    mass = None
-    if plan.fourier and not plan.needs_measurement:
+    plan = plan_from_config(cfg)
+    if tuple(shape) != plan.shape:
+        plan = dataclasses.replace(plan, shape=tuple(shape))
+    hmc = HMC(action, plan.initial_step_size(plan.fourier and not plan.needs_measurement),
+              h.n_steps, h.integrator, h.jitter, generator)
+    prepare_hmc(plan, hmc, device)
+    return hmc
+
+
+def prepare_hmc(plan: TuningPlan, hmc: HMC, device=None) -> None:
+    """Before the first thermalisation trajectory: the FA mass when already known (``free``
+    kernel with mu^2 given or the free field's m^2) and n_steps = round(tau / eps) for a
+    tuning length tau. Idempotent, so an HMC built by hand (``HMC(...)``) gets the same."""
+    if plan.fourier and not plan.needs_measurement and hmc.mass is None:
         mass = free_mass(plan.shape, plan.mu2)
-        if device is not None:
-            mass = mass.to(device)
-    hmc = HMC(action, plan.initial_step_size(mass is not None), h.n_steps, h.integrator,
-              h.jitter, generator, mass=mass)
+        hmc.set_mass(mass if device is None else mass.to(device))
     length = plan.tune_length()
     if length is not None:
         hmc.n_steps = max(1, round(length / hmc.step_size))
-    return hmc
 
 
 def new_state(plan: TuningPlan, hmc: HMC) -> dict[str, Any]:

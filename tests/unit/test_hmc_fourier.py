@@ -213,3 +213,34 @@ def test_too_short_thermalisation_for_fa_tuning_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="'hmc.n_therm': value 60 is too small for "
                                           "trajectory_length 'auto'; expected at least 108"):
         run_hmc(config_from_dict(raw), progress=False)
+
+
+@pytest.mark.parametrize("hmc_keys", [
+    {"fourier_acceleration": True, "fa_mu2": 1.5, "trajectory_length": 1.2},
+    {"fourier_acceleration": True, "fa_kernel": "measured", "n_therm": 60},
+])
+def test_hand_built_hmc_thermalises_like_the_factory(tmp_path, hmc_keys):
+    """Producers that build ``HMC(action, _initial_step_size(cfg), n_steps, integrator, jitter,
+    gen)`` themselves (the composite sampler) and call ``_thermalise`` get the same FA mass,
+    n_steps, eps and chains as :func:`hmc_from_config`."""
+    from lattice_flows.mcmc.hmc_run import _initial_step_size, _thermalise
+    from lattice_flows.mcmc.hmc_tuning import hmc_from_config
+
+    raw = {"lattice": {"shape": [6, 6]}, "action": {"m2": -4.0, "lam": 8.0}, "device": "cpu",
+           "seed": 2, "hmc": {"n_chains": 4, "n_therm": 30, "n_steps": 6, **hmc_keys},
+           "output": {"dir": str(tmp_path)}}
+    cfg = config_from_dict(raw)
+    out = []
+    for build in ("factory", "hand"):
+        gen = torch.Generator().manual_seed(4)
+        if build == "factory":
+            hmc = hmc_from_config(cfg, ACTION, (6, 6), gen, "cpu", torch.float64)
+        else:
+            h = cfg.hmc
+            hmc = HMC(ACTION, _initial_step_size(cfg), h.n_steps, h.integrator, h.jitter, gen)
+        phi, _ = _thermalise(cfg, hmc, gen, "cpu", torch.float64, None, tmp_path / "x.ckpt",
+                             tmp_path, False)
+        out.append((phi, hmc.mass, hmc.n_steps, hmc.step_size))
+    (phi_a, mass_a, n_a, eps_a), (phi_b, mass_b, n_b, eps_b) = out
+    assert mass_a is not None and torch.equal(mass_a, mass_b)
+    assert (n_a, eps_a) == (n_b, eps_b) and torch.equal(phi_a, phi_b)
