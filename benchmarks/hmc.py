@@ -4,15 +4,21 @@
 Usage::
 
     python benchmarks/hmc.py [--quick] [--threads N] [--n-chains C] [--sizes 8 16 32]
+                             [--fourier [free|measured]] [--fa-mu2 auto|X]
+                             [--trajectory-length auto|TAU] [--dtype float32|float64]
 
 For each L (default 8, 16, 32) at d = 2, m2 = -4, lam = 8 (docs/conventions.md, "Standard test
-points", "tutorial"), with float32 fields on the CPU:
+points", "tutorial"; ``--m2``/``--lam`` for others), with float32 fields (``--dtype``) on the CPU:
 
 * ``n_chains`` independent chains advance together as one batch (:class:`HMC`), leapfrog,
   nominal n_steps = 10 with jitter 0.5 (docs/conventions.md, "Practical notes");
-* thermalisation: the step size is tuned by :class:`DualAveraging` toward acceptance 0.8 and
-  then frozen at the dual-averaging estimate (docs/conventions.md: "Tune the step size only during
-  thermalisation"); a short stretch of further thermalisation runs at the frozen step size;
+  ``--fourier`` runs Fourier-accelerated HMC (``hmc.fourier_acceleration``, kernel ``free`` or
+  ``measured``, ``--fa-mu2``), ``--trajectory-length`` sets ``hmc.trajectory_length``;
+* thermalisation: the library's tuning protocol (:mod:`lattice_flows.mcmc.hmc_tuning`, the one
+  ``lattice-flows hmc`` runs) over n_tune trajectories: the step size by dual averaging toward
+  acceptance 0.8, then frozen (docs/conventions.md: "Tune the step size only during
+  thermalisation"), and with the options above the FA mass and the trajectory length; a short
+  stretch of further thermalisation runs at the frozen settings;
 * production: n_traj trajectories per chain; |M| and M^2 (from :func:`measure`) are recorded per
   chain per trajectory.
 
@@ -26,7 +32,7 @@ Reported per L:
 * tau_int of |M| and of M^2, Gamma-method (Wolff 2004, S = 1.5; each chain a replica) on
   (n_traj, n_chains) arrays, in units of trajectories, with errors;
 * CPU seconds per independent sample: 2 tau_int * cpu_s_per_traj (per chain-trajectory), for
-  M^2 and |M|;
+  M^2 and |M|; force evaluations per independent M^2 sample, 2 tau_int * (n_steps + 1);
 * chi2 = V <M^2> with its Gamma-method error as a sanity check (L = 8: about 0.75).
 
 The output ends with exactly one line holding a JSON object with all numbers.
@@ -46,8 +52,11 @@ import numpy as np
 import torch
 
 from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from lattice_flows.config import config_from_dict  # noqa: E402
 from lattice_flows.mcmc.hmc_run import COLD_START_WIDTH  # noqa: E402
-from lattice_flows.mcmc.hmc import HMC, DualAveraging
+from lattice_flows.mcmc.hmc_tuning import (  # noqa: E402
+    check_plan, frozen_settings, hmc_from_config, new_state, plan_from_config, run_tuning,
+)
 from lattice_flows.observables import measure
 from lattice_flows.estimates import gamma_method
 from lattice_flows.theory.phi4 import Phi4Action
@@ -64,7 +73,7 @@ FULL = {8: (1000, 500, 80000), 16: (1000, 500, 80000), 32: (1000, 500, 80000)}
 QUICK = {8: (300, 100, 8000), 16: (300, 100, 8000), 32: (300, 100, 8000)}
 
 
-def hardware(threads: int) -> dict:
+def hardware(threads: int, dtype: str = "float32") -> dict:
     return {
         "cpu_model": cpu_model(),
         "platform_processor": platform.processor(),
@@ -77,29 +86,45 @@ def hardware(threads: int) -> dict:
         "torch_num_threads": torch.get_num_threads(),
         "threads_requested": threads,
         "device": "cpu",
-        "dtype": "float32",
+        "dtype": dtype,
     }
 
 
-def run_one(L: int, n_chains: int, n_tune: int, n_therm: int, n_traj: int, seed: int) -> dict:
-    action = Phi4Action(M2, LAM, NDIM)
+def bench_config(L: int, n_chains: int, n_tune: int, seed: int, fourier: str | None = None,
+                 fa_mu2="auto", trajectory_length=None, dtype: str = "float32",
+                 m2: float = M2, lam: float = LAM):
+    """The library config of one benchmark run (the ``hmc`` section drives the tuning)."""
+    hmc = {"n_chains": n_chains, "n_therm": n_tune, "n_steps": N_STEPS, "step_size": "auto",
+           "target_acceptance": TARGET_ACC, "integrator": INTEGRATOR, "jitter": JITTER,
+           "dtype": dtype, "fourier_acceleration": fourier is not None,
+           "fa_kernel": fourier or "free", "fa_mu2": fa_mu2,
+           "trajectory_length": trajectory_length}
+    return config_from_dict({"lattice": {"shape": [L, L]}, "action": {"m2": m2, "lam": lam},
+                             "seed": seed, "device": "cpu", "hmc": hmc})
+
+
+def run_one(L: int, n_chains: int, n_tune: int, n_therm: int, n_traj: int, seed: int,
+            fourier: str | None = None, fa_mu2="auto", trajectory_length=None,
+            dtype: str = "float32", m2: float = M2, lam: float = LAM) -> dict:
+    cfg = bench_config(L, n_chains, n_tune, seed, fourier, fa_mu2, trajectory_length, dtype, m2,
+                       lam)
+    plan = plan_from_config(cfg)
+    check_plan(plan)
+    action = Phi4Action(m2, lam, NDIM)
+    tdtype = getattr(torch, dtype)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     # near-cold start, as the library does (hmc_run.COLD_START_WIDTH): hot N(0,1) starts can
     # leave chains stuck where the leapfrog is unstable at lam = 8
-    phi = COLD_START_WIDTH * torch.randn((n_chains, L, L), generator=gen, dtype=torch.float32)
-    eps0 = 1.0 / N_STEPS  # the library's "auto" starting point (hmc_run._initial_step_size)
-    hmc = HMC(action, eps0, N_STEPS, INTEGRATOR, JITTER, gen)
+    phi = COLD_START_WIDTH * torch.randn((n_chains, L, L), generator=gen, dtype=tdtype)
+    hmc = hmc_from_config(cfg, action, (L, L), gen, "cpu", tdtype)
 
-    # thermalisation 1: tune eps by dual averaging, then freeze it
-    tuner = DualAveraging(math.log(eps0), TARGET_ACC)
-    tune_acc = []
-    for _ in range(n_tune):
-        phi, _, prob, _ = hmc.step(phi)
-        p = float(prob.mean())
-        tune_acc.append(p)
-        hmc.step_size = tuner.update(p)
-    hmc.step_size = tuner.final_step_size
-    # thermalisation 2: frozen eps
+    # thermalisation 1: the library's tuning protocol (eps, and FA mass / length if asked)
+    tune_acc: list[float] = []
+    state = new_state(plan, hmc)
+    phi = run_tuning(plan, hmc, phi, state,
+                     after_each=lambda _phi, st: tune_acc.append(st["last_accept_prob"]))
+    frozen = frozen_settings(hmc, state)
+    # thermalisation 2: frozen settings
     for _ in range(n_therm):
         phi, _, _, _ = hmc.step(phi)
 
@@ -140,9 +165,14 @@ def run_one(L: int, n_chains: int, n_tune: int, n_therm: int, n_traj: int, seed:
         "n_traj": n_traj,
         "chain_trajectories": n_ct,
         "step_size": hmc.step_size,
-        "n_steps": N_STEPS,
+        "n_steps": hmc.n_steps,
         "jitter": JITTER,
-        "traj_length": hmc.step_size * N_STEPS,
+        "traj_length": hmc.step_size * hmc.n_steps,
+        "fourier": fourier or "none",
+        "fa_mu2": frozen.get("fa_mu2"),
+        "trajectory_length_setting": trajectory_length,
+        "trajectory_scan": frozen.get("trajectory_scan"),
+        "force_evals_per_traj": hmc.force_evaluations(hmc.n_steps),
         "acceptance": n_acc / n_ct,
         "mean_accept_prob": prob_sum / n_ct,
         "tune_acceptance_last100": float(np.mean(tune_acc[-100:])),
@@ -172,6 +202,9 @@ def run_one(L: int, n_chains: int, n_tune: int, n_therm: int, n_traj: int, seed:
         "cpu_s_per_indep_sample_M2_err": 2 * e_m2.tau_int_error * cpu_per_traj,
         "cpu_s_per_indep_sample_absM": 2 * e_abs.tau_int * cpu_per_traj,
         "cpu_s_per_indep_sample_absM_err": 2 * e_abs.tau_int_error * cpu_per_traj,
+        "force_evals_per_indep_sample_M2": 2 * e_m2.tau_int * hmc.force_evaluations(hmc.n_steps),
+        "force_evals_per_indep_sample_M2_err":
+            2 * e_m2.tau_int_error * hmc.force_evaluations(hmc.n_steps),
     }
     return row
 
@@ -183,8 +216,8 @@ def fmt_pm(x: float, dx: float, digits: int = 3) -> str:
 def markdown_table(rows: list[dict]) -> str:
     head = [
         "L", "chains × traj", "traj/s (chain-traj per wall s)", "CPU s / traj", "acceptance",
-        "step size", "τ_int |M|", "τ_int M²", "CPU s / indep. M²", "CPU s / indep. |M|",
-        "χ₂ = V⟨M²⟩",
+        "step size", "n_steps", "τ_int |M|", "τ_int M²", "CPU s / indep. M²", "CPU s / indep. |M|",
+        "χ₂ = V⟨M²⟩", "forces / indep. M²",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -195,11 +228,13 @@ def markdown_table(rows: list[dict]) -> str:
             f"{r['cpu_s_per_traj']:.3e}",
             f"{r['acceptance']:.3f}",
             f"{r['step_size']:.4f}",
+            str(r["n_steps"]),
             fmt_pm(r["tau_int_absM"], r["tau_int_absM_err"]),
             fmt_pm(r["tau_int_M2"], r["tau_int_M2_err"]),
             f"{r['cpu_s_per_indep_sample_M2']:.3e} ± {r['cpu_s_per_indep_sample_M2_err']:.1e}",
             f"{r['cpu_s_per_indep_sample_absM']:.3e} ± {r['cpu_s_per_indep_sample_absM_err']:.1e}",
             fmt_pm(r["chi2"], r["chi2_err"], 4),
+            fmt_pm(r["force_evals_per_indep_sample_M2"], r["force_evals_per_indep_sample_M2_err"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -214,15 +249,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32], help="lattice sizes L")
     ap.add_argument("--n-traj", type=int, default=None, help="override production trajectories")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--fourier", nargs="?", const="free", choices=["free", "measured"],
+                    default=None, help="Fourier-accelerated HMC with this mass kernel (default "
+                    "kernel: free)")
+    ap.add_argument("--fa-mu2", default="auto", help="hmc.fa_mu2: 'auto' or a number")
+    ap.add_argument("--trajectory-length", default=None,
+                    help="hmc.trajectory_length: 'auto' or a number (default: n_steps x eps)")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--m2", type=float, default=M2, help=f"m2 (default {M2}, tutorial)")
+    ap.add_argument("--lam", type=float, default=LAM, help=f"lam (default {LAM}, tutorial; "
+                    "the E-ladder's L = 32 point is m2 -4, lam 4.572)")
     args = ap.parse_args(argv)
+    tl = args.trajectory_length
+    tl = None if tl is None else (tl if tl == "auto" else float(tl))
+    fa_mu2 = args.fa_mu2 if args.fa_mu2 == "auto" else float(args.fa_mu2)
 
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
-    hw = hardware(args.threads)
+    hw = hardware(args.threads, args.dtype)
     print("# HMC benchmark (lattice_flows)")
-    print(f"tutorial couplings: d={NDIM}, m2={M2}, lam={LAM}; float32 on CPU; {INTEGRATOR}, "
+    tutorial = (args.m2, args.lam) == (M2, LAM)
+    print(f"{'tutorial ' if tutorial else ''}couplings: d={NDIM}, m2={args.m2}, lam={args.lam}; "
+          f"{args.dtype} on CPU; {INTEGRATOR}, "
           f"n_steps={N_STEPS} jitter={JITTER}; eps by DualAveraging -> acceptance {TARGET_ACC}, "
-          "then frozen")
+          f"then frozen; Fourier acceleration: {args.fourier or 'off'} (fa_mu2 {fa_mu2}); "
+          f"trajectory length: {tl if tl is not None else 'n_steps x eps'}")
     print(f"mode: {'quick' if args.quick else 'full'}")
     print(f"hardware: CPU {hw['cpu_model']!r} (platform.processor {hw['platform_processor']!r}, "
           f"{hw['machine']}, os.cpu_count {hw['os_cpu_count']}), {hw['platform']}")
@@ -237,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.n_traj is not None:
             n_traj = args.n_traj
         t0 = time.perf_counter()
-        row = run_one(L, args.n_chains, n_tune, n_therm, n_traj, args.seed + i)
+        row = run_one(L, args.n_chains, n_tune, n_therm, n_traj, args.seed + i, args.fourier,
+                      fa_mu2, tl, args.dtype, args.m2, args.lam)
         row["wall_s_total"] = time.perf_counter() - t0
         rows.append(row)
         print(f"L={L}: done in {row['wall_s_total']:.1f} s wall (eps={row['step_size']:.4f}, "
@@ -257,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "hmc",
         "mode": "quick" if args.quick else "full",
-        "couplings": {"ndim": NDIM, "m2": M2, "lam": LAM},
+        "couplings": {"ndim": NDIM, "m2": args.m2, "lam": args.lam},
         "settings": {"integrator": INTEGRATOR, "n_steps": N_STEPS, "jitter": JITTER,
+                     "fourier": args.fourier or "none", "fa_mu2": fa_mu2,
+                     "trajectory_length": tl, "dtype": args.dtype,
                      "target_acceptance": TARGET_ACC, "n_chains": args.n_chains,
                      "seed": args.seed, "threads": args.threads},
         "total_wall_s": total,

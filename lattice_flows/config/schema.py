@@ -63,6 +63,19 @@ class HMCConfig:
     dtype: Literal["float64", "float32"] = key(
         "float64", note="HMC's own precision, independent of the top-level dtype; stored "
         "configurations are float32 either way")
+    fourier_acceleration: Flag = key(
+        False, "true or false (Fourier acceleration: kinetic term 1/2 pi^T M^-1 pi)",
+        "M diagonal in momentum space, pi ~ N(0, M) and M^-1 pi by FFTs (docs/conventions.md)")
+    fa_kernel: Literal["free", "measured"] = key(
+        "free", note="free: M(p) = 2 (phat^2 + fa_mu2); measured: M(p) = 1/G(p) from the "
+        "thermalisation's propagator, frozen before production")
+    fa_mu2: Literal["auto"] | PosNumber = key(
+        "auto", "'auto' or a positive mass squared",
+        "auto: m2 for a free field (lam = 0), else fitted to the p != 0 modes of the measured G(p)")
+    trajectory_length: Literal["auto"] | PosNumber | None = key(
+        None, "null, 'auto' or a positive trajectory length",
+        "null: n_steps x step_size; tau: n_steps = max(1, round(tau / eps)); auto: scanned in "
+        "thermalisation (lattice_flows/mcmc/hmc_tuning.py)")
 
 
 @dataclass(frozen=True, config=_FROZEN)

@@ -1,10 +1,16 @@
 """Hybrid Monte Carlo for many independent chains advanced together as one batch.
 
-Hamiltonian H(phi, pi) = 1/2 sum_x pi(x)^2 + S(phi) with S and dS/dphi from
-:class:`~lattice_flows.theory.phi4.Phi4Action` (docs/conventions.md, "Action"). A trajectory draws
-pi ~ N(0, 1), integrates Hamilton's equations with a reversible, volume-preserving integrator
+Hamiltonian H(phi, pi) = 1/2 pi^T M^-1 pi + S(phi) with S and dS/dphi from
+:class:`~lattice_flows.theory.phi4.Phi4Action` (docs/conventions.md, "Action") and M the unit mass
+(``mass=None``) or, for Fourier acceleration (docs/conventions.md, "Fourier-accelerated HMC"), a
+positive circulant operator given by its eigenvalues M(p) on the real-FFT half grid
+(:mod:`lattice_flows.mcmc.fourier_mass`): pi = IFFT(sqrt(M(p)) FFT(xi)) with xi ~ N(0, 1) is a
+draw of N(0, M), the field moves by dphi/dt = M^-1 pi = IFFT(FFT(pi) / M(p)) and the kinetic
+term is 1/2 sum_x pi(x) (M^-1 pi)(x). A trajectory draws pi ~ N(0, M), integrates Hamilton's
+equations with a reversible, volume-preserving integrator
 (leapfrog, or Omelyan's 2nd-order minimum-norm scheme with lambda = 0.1931833) and accepts with
-probability min(1, exp(-dH)), evaluated in float64.
+probability min(1, exp(-dH)), evaluated in float64. The integrators stay reversible and
+volume-preserving for any symmetric positive M, so the accept/reject is exact for every M.
 
 The trajectory (phi, pi, forces) runs in the dtype of the chains, ``hmc.dtype`` of the config
 (float64 by default, float32 allowed), independent of the flow's dtype; H is always summed in
@@ -15,7 +21,8 @@ The number of integration steps is jittered per trajectory, uniform in
 trajectory length resonates with free-field modes). The jitter is drawn independently of the
 state, so every trajectory is a valid Metropolis step. The step size is tuned only during
 thermalisation, by dual averaging (Hoffman & Gelman 2014, arXiv:1111.4246, Alg. 5) toward a
-target acceptance, and then frozen.
+target acceptance, and then frozen; the whole tuning protocol (eps, the trajectory length, the
+FA mass) is :mod:`lattice_flows.mcmc.hmc_tuning`.
 """
 
 from __future__ import annotations
@@ -74,6 +81,8 @@ class HMC:
         integrator: ``"leapfrog"`` or ``"omelyan"``.
         jitter: relative spread of the number of steps per trajectory, in [0, 1).
         generator: the torch Generator of the chains (on the chains' device).
+        mass: None (unit mass) or the FA eigenvalues M(p) > 0 on the rfft half grid of the
+            lattice (float64), e.g. :func:`~lattice_flows.mcmc.fourier_mass.free_mass`.
     """
 
     def __init__(
@@ -84,6 +93,8 @@ class HMC:
         integrator: str = "leapfrog",
         jitter: float = 0.5,
         generator: torch.Generator | None = None,
+        *,
+        mass: torch.Tensor | None = None,
     ) -> None:
         if integrator not in ("leapfrog", "omelyan"):
             raise ValueError(f"unknown integrator {integrator!r}")
@@ -93,20 +104,68 @@ class HMC:
         self.integrator = integrator
         self.jitter = float(jitter)
         self.generator = generator
+        self.mass = None
+        self.set_mass(mass)
+
+    def set_mass(self, mass: torch.Tensor | None) -> None:
+        """Set the FA mass eigenvalues M(p) (None: unit mass); refuses M(p) <= 0."""
+        if mass is not None:
+            mass = mass.to(torch.float64)
+            if not bool(torch.isfinite(mass).all() and (mass > 0).all()):
+                raise ValueError("the FA mass M(p) must be finite and > 0 on every mode")
+        self.mass = mass
+        self._inv_mass: dict = {}  # M^-1 and sqrt(M) per (device, dtype)
+
+    def _kernels(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._inv_mass:
+            m = self.mass.to(like.device)
+            self._inv_mass[key] = ((1.0 / m).to(like.dtype), m.sqrt().to(like.dtype))
+        return self._inv_mass[key]
+
+    def _lattice_dims(self, phi: torch.Tensor) -> tuple[int, ...]:
+        return tuple(range(phi.dim() - self.action.ndim, phi.dim()))
+
+    def velocity(self, pi: torch.Tensor) -> torch.Tensor:
+        """dphi/dt = M^-1 pi (pi itself for unit mass), by real FFTs over the lattice axes."""
+        if self.mass is None:
+            return pi
+        dims = self._lattice_dims(pi)
+        inv, _ = self._kernels(pi)
+        return torch.fft.irfftn(torch.fft.rfftn(pi, dim=dims) * inv, s=pi.shape[-len(dims):],
+                                dim=dims)
+
+    def draw_momenta(self, phi: torch.Tensor) -> torch.Tensor:
+        """pi ~ N(0, M): white noise xi ~ N(0, 1), then pi = M^(1/2) xi by real FFTs."""
+        xi = torch.randn(phi.shape, generator=self.generator, device=phi.device, dtype=phi.dtype)
+        if self.mass is None:
+            return xi
+        dims = self._lattice_dims(xi)
+        _, sqrt_m = self._kernels(xi)
+        return torch.fft.irfftn(torch.fft.rfftn(xi, dim=dims) * sqrt_m, s=xi.shape[-len(dims):],
+                                dim=dims)
+
+    def kinetic(self, pi: torch.Tensor) -> torch.Tensor:
+        """1/2 pi^T M^-1 pi per chain, in float64."""
+        dims = tuple(range(1, pi.dim()))
+        p = pi.to(torch.float64)
+        return 0.5 * (p * self.velocity(p)).sum(dim=dims)
 
     def hamiltonian(self, phi: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-        """H = 1/2 sum pi^2 + S(phi) per chain, in float64."""
-        dims = tuple(range(1, phi.dim()))
-        p = pi.to(torch.float64)
-        return 0.5 * (p * p).sum(dim=dims) + self.action(phi.to(torch.float64))
+        """H = 1/2 pi^T M^-1 pi + S(phi) per chain, in float64."""
+        return self.kinetic(pi) + self.action(phi.to(torch.float64))
+
+    def force_evaluations(self, n: int) -> int:
+        """Force evaluations of a trajectory of n steps (leapfrog n + 1, Omelyan 2n + 1)."""
+        return n + 1 if self.integrator == "leapfrog" else 2 * n + 1
 
     def integrate(self, phi: torch.Tensor, pi: torch.Tensor, eps: float, n: int):
         """Integrate (phi, pi) for n steps of size eps; returns new tensors."""
-        force = self.action.force
+        force, vel = self.action.force, self.velocity
         if self.integrator == "leapfrog":
             pi = pi - 0.5 * eps * force(phi)
             for i in range(n):
-                phi = phi + eps * pi
+                phi = phi + eps * vel(pi)
                 if i < n - 1:
                     pi = pi - eps * force(phi)
             pi = pi - 0.5 * eps * force(phi)
@@ -114,9 +173,9 @@ class HMC:
         lam = OMELYAN_LAMBDA
         pi = pi - lam * eps * force(phi)
         for i in range(n):
-            phi = phi + 0.5 * eps * pi
+            phi = phi + 0.5 * eps * vel(pi)
             pi = pi - (1 - 2 * lam) * eps * force(phi)
-            phi = phi + 0.5 * eps * pi
+            phi = phi + 0.5 * eps * vel(pi)
             pi = pi - (2 * lam if i < n - 1 else lam) * eps * force(phi)
         return phi, pi
 
@@ -140,7 +199,7 @@ class HMC:
         eps = self.step_size if step_size is None else float(step_size)
         n = self.draw_n_steps()
         gen = self.generator
-        pi = torch.randn(phi.shape, generator=gen, device=phi.device, dtype=phi.dtype)
+        pi = self.draw_momenta(phi)
         h0 = self.hamiltonian(phi, pi)
         phi1, pi1 = self.integrate(phi, pi, eps, n)
         h1 = self.hamiltonian(phi1, pi1)

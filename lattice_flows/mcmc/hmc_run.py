@@ -1,13 +1,14 @@
 """HMC production: thermalise (tune eps), freeze eps, run chains, write chunks, checkpoint, resume.
 
-See :mod:`lattice_flows.runtime.resume` for the run-folder and resume rules and
-:mod:`lattice_flows.mcmc.hmc` for the algorithm.
+See :mod:`lattice_flows.runtime.resume` for the run-folder and resume rules,
+:mod:`lattice_flows.mcmc.hmc` for the algorithm and :mod:`lattice_flows.mcmc.hmc_tuning` for what
+thermalisation tunes (eps, the trajectory length, the FA mass). What it froze (eps, n_steps, the FA
+mass M(p), mu^2, the length scan) goes into every checkpoint and the sample file attrs, and a resume
+restores it from the checkpoint, so a resumed run uses the same M and length.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from pathlib import Path
 
@@ -17,7 +18,11 @@ from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.io.checkpoint import save_checkpoint
 from lattice_flows.logs import log
-from lattice_flows.mcmc.hmc import HMC, DualAveraging
+from lattice_flows.mcmc.hmc import HMC
+from lattice_flows.mcmc.hmc_tuning import (
+    check_plan, finish_without_thermalisation, frozen_settings, hmc_from_config, new_state,
+    plan_from_config, prepare_hmc, restore_frozen, tuning_step,
+)
 from lattice_flows.observables import measure
 from lattice_flows.progress import progress_bar
 from lattice_flows.runtime.production import Advance, run_production
@@ -33,8 +38,10 @@ THERM_PHASE = -1
 
 
 def _initial_step_size(cfg: Config) -> float:
-    h = cfg.hmc
-    return float(h.step_size) if h.step_size != "auto" else 1.0 / h.n_steps
+    """eps of the first thermalisation trajectory (kept for producers that build ``HMC(...)``
+    themselves; :func:`~lattice_flows.mcmc.hmc_tuning.hmc_from_config` is the factory)."""
+    plan = plan_from_config(cfg)
+    return plan.initial_step_size(plan.fourier and not plan.needs_measurement)
 
 
 def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
@@ -52,6 +59,7 @@ def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tru
             "expected at least 20 thermalisation trajectories to tune the step size "
             "(or give a numeric hmc.step_size)."
         )
+    check_plan(plan_from_config(cfg))
     run_dir = Path(run_dir or cfg.output.dir)
     rank = 0 if world is None else world.rank
     return run_production(
@@ -79,8 +87,9 @@ class HMCProducer:
         self.n_chains, self.total = h.n_chains, h.n_traj
         self.n_rows_total = h.n_traj // h.save_every
         self.gen = make_generator(self.device, derive_seed(cfg.seed, rank, 0))
-        self.hmc = HMC(self.action, _initial_step_size(cfg), h.n_steps, h.integrator, h.jitter,
-                       self.gen)
+        self.hmc = hmc_from_config(cfg, self.action, tuple(cfg.lattice.shape), self.gen,
+                                   self.device, self.dtype)
+        self.frozen: dict = {}  # mu^2 and the length scan of the thermalisation (checkpointed)
         self.acc_since_save = torch.zeros(h.n_chains, dtype=torch.bool, device=self.device)
         self.acc_per_chain = torch.zeros(h.n_chains, dtype=torch.int64, device=self.device)
 
@@ -91,14 +100,14 @@ class HMCProducer:
         if state is None or state.get("phase") == THERM_PHASE:
             self.phi, self.cpu_s = _thermalise(self.cfg, self.hmc, self.gen, self.device,
                                                self.dtype, state, ckpt_path, self.run_dir,
-                                               self.show)
+                                               self.show, self.frozen)
             self.step, self.n_acc, self.n_tried = 0, 0, 0
-            save_checkpoint(_ckpt(self.phi, self.gen, self.hmc.step_size, 0, 0, 0, self.cpu_s),
-                            ckpt_path)
+            save_checkpoint(self.checkpoint(self.cpu_s), ckpt_path)
         else:
             self.phi = state["phi"].to(device=self.device, dtype=self.dtype)
             self.gen.set_state(state["rng"])
-            self.hmc.step_size = float(state["step_size"])
+            restore_frozen(self.hmc, state, self.device)
+            self.frozen = {k: state[k] for k in ("fa_mu2", "trajectory_scan") if k in state}
             self.step = int(state["traj"])
             self.n_acc, self.n_tried = int(state["n_accepted"]), int(state["n_tried"])
             self.cpu_s = float(state.get("cpu_s", 0.0))
@@ -108,7 +117,21 @@ class HMCProducer:
         return self.step // self.h.save_every
 
     def file_attrs(self) -> dict:
-        return {"step_size": self.hmc.step_size, "hmc_dtype": self.h.dtype}
+        h = self.h
+        out = {"step_size": self.hmc.step_size, "hmc_dtype": h.dtype,
+               "n_steps": self.hmc.n_steps,
+               "trajectory_length": self.hmc.step_size * self.hmc.n_steps,
+               "fourier_acceleration": h.fourier_acceleration}
+        if h.fourier_acceleration:
+            out["fa_kernel"] = h.fa_kernel
+            out["fa_mass"] = self.hmc.mass.cpu().numpy()
+            if "fa_mu2" in self.frozen:
+                out["fa_mu2"] = float(self.frozen["fa_mu2"])
+        scan = self.frozen.get("trajectory_scan")
+        if scan:
+            out["trajectory_scan_length"] = [row["length"] for row in scan]
+            out["trajectory_scan_cost"] = [row["cost"] for row in scan]
+        return out
 
     def row_specs(self) -> dict:
         return {}
@@ -141,8 +164,11 @@ class HMCProducer:
                 "acceptance": self.n_acc / max(1, self.n_tried)}
 
     def checkpoint(self, cpu_s: float) -> dict:
-        return _ckpt(self.phi, self.gen, self.hmc.step_size, self.step, self.n_acc, self.n_tried,
+        ckpt = _ckpt(self.phi, self.gen, self.hmc.step_size, self.step, self.n_acc, self.n_tried,
                      cpu_s)
+        ckpt.update(frozen_settings(self.hmc, None))
+        ckpt.update(self.frozen)
+        return ckpt
 
     def finish(self, steps_run: int, seconds: float, samples_path: Path, n_rows: int) -> None:
         _warn_stuck_chains(self.acc_per_chain.cpu(), steps_run)
@@ -189,62 +215,82 @@ def _check_checkpoint(state: dict, ckpt_path: Path, cfg: Config) -> None:
             f"for {h.dtype!r}; resuming would mix two precisions. Set hmc.dtype={ran_in} to "
             "resume, or use a new output.dir."
         )
+    if state.get("phase") != THERM_PHASE and ("fa_mass" in state) != h.fourier_acceleration:
+        ran = "with" if "fa_mass" in state else "without"
+        raise ConfigError(
+            f"{ckpt_path}: this HMC run was started {ran} Fourier acceleration, the config asks "
+            f"for hmc.fourier_acceleration {str(h.fourier_acceleration).lower()}; set it back to "
+            f"resume, or use a new output.dir."
+        )
 
 
 def _thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state: dict | None,
-                ckpt_path: Path, run_dir: Path, show: bool) -> tuple[torch.Tensor, float]:
-    """Thermalise (and tune eps when ``hmc.step_size`` is 'auto'), from a near-cold start or
-    from a thermalisation checkpoint ``state``; a stop request checkpoints the chains, RNG,
-    step size, dual-averaging state and counter (phase :data:`THERM_PHASE`), so that the resumed
+                ckpt_path: Path, run_dir: Path, show: bool,
+                frozen: dict | None = None) -> tuple[torch.Tensor, float]:
+    """Thermalise and tune (the protocol of :mod:`lattice_flows.mcmc.hmc_tuning`: eps when
+    ``hmc.step_size`` is 'auto', the FA mass, the trajectory length), from a near-cold start or
+    from a thermalisation checkpoint ``state``; a stop request checkpoints the chains, RNG, the
+    tuning state and what was frozen so far (phase :data:`THERM_PHASE`), so that the resumed
     thermalisation equals an uninterrupted one. Returns the chains and the CPU-s used so far;
-    ``hmc.step_size`` is left frozen at its final value."""
+    ``hmc`` is left with the frozen eps, n_steps and mass. ``frozen`` (a dict) receives what
+    the production checkpoints and file attrs need besides ``hmc`` (mu^2, the length scan)."""
     h = cfg.hmc
-    auto = h.step_size == "auto"
-    tuner = DualAveraging(math.log(hmc.step_size), h.target_acceptance) if auto else None
+    plan = plan_from_config(cfg)
     if state is None:
         # near-cold start: a hot N(0, 1) start at large lam puts chains where the leapfrog is
         # unstable (force ~ 4 lam phi^3), and such chains can stay stuck for the whole run
         phi = COLD_START_WIDTH * torch.randn(
             (h.n_chains, *cfg.lattice.shape), generator=gen, device=device, dtype=dtype
         )
-        done, cpu_before = 0, 0.0
+        prepare_hmc(plan, hmc, device)  # a no-op after hmc_from_config
+        tuning, cpu_before = new_state(plan, hmc), 0.0
         log.info(
-            "HMC on %s (%s): lattice %s, m2=%g lam=%g, %d chains, %d therm + %d traj",
+            "HMC on %s (%s): lattice %s, m2=%g lam=%g, %d chains, %d therm + %d traj%s",
             device, h.dtype, cfg.lattice.shape, cfg.action.m2, cfg.action.lam, h.n_chains,
             h.n_therm, h.n_traj,
+            f", Fourier acceleration (fa_kernel {h.fa_kernel}, fa_mu2 {h.fa_mu2})"
+            if h.fourier_acceleration else "",
         )
+        if plan.fourier and not plan.needs_measurement:
+            log.info("FA-HMC: mass kernel free, M(p) = 2 (phat^2 + mu2) with mu2 = %g (%s)",
+                     plan.mu2, "m2 of the free field" if h.fa_mu2 == "auto" else "hmc.fa_mu2")
     else:
         phi = state["phi"].to(device=device, dtype=dtype)
         gen.set_state(state["rng"])
-        hmc.step_size = float(state["step_size"])
-        done, cpu_before = int(state["therm_done"]), float(state["cpu_s"])
-        if tuner is not None:
-            for key, value in state["tuner"].items():  # no __post_init__: it would reset mu
-                setattr(tuner, key, value)
-        log.info("resuming the thermalisation of %s at trajectory %d of %d", run_dir, done,
-                 h.n_therm)
+        restore_frozen(hmc, state, device)
+        cpu_before = float(state["cpu_s"])
+        tuning = state.get("tuning")
+        if tuning is None:  # a checkpoint from before hmc_tuning: the tune segment only
+            tuning = new_state(plan, hmc)
+            tuning["done"], tuning["tuner"] = int(state["therm_done"]), state["tuner"]
+        tuning = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                  for k, v in tuning.items()}
+        log.info("resuming the thermalisation of %s at trajectory %d of %d", run_dir,
+                 tuning["done"], h.n_therm)
     cpu0 = time.process_time()
-    bar = progress_bar(total=h.n_therm, initial=done, desc="thermalise", enabled=show)
-    while done < h.n_therm:
-        phi, _, prob, _ = hmc.step(phi)
-        done += 1
-        if tuner is not None:
-            hmc.step_size = tuner.update(float(prob.mean()))
+    bar = progress_bar(total=h.n_therm, initial=tuning["done"], desc="thermalise", enabled=show)
+    if h.n_therm == 0:
+        finish_without_thermalisation(plan, hmc)
+    while tuning["done"] < h.n_therm:
+        phi = tuning_step(plan, hmc, phi, tuning)
         bar.update(1)
         signum = stop_requested()
         if signum:
             bar.close()
             ckpt = _ckpt(phi, gen, hmc.step_size, 0, 0, 0, cpu_before + time.process_time() - cpu0)
+            ckpt.update(frozen_settings(hmc, tuning))
             ckpt["phase"] = THERM_PHASE
-            ckpt["therm_done"] = done
-            ckpt["tuner"] = None if tuner is None else dataclasses.asdict(tuner)
+            ckpt["therm_done"] = tuning["done"]
+            ckpt["tuner"] = tuning["tuner"]
+            ckpt["tuning"] = {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v)
+                              for k, v in tuning.items()}
             save_checkpoint(ckpt, ckpt_path)
             raise StopRequested(signum, f"{ckpt_path} (during thermalisation, trajectory "
-                                        f"{done} of {h.n_therm})")
+                                        f"{tuning['done']} of {h.n_therm})")
     bar.close()
-    if tuner is not None:
-        hmc.step_size = tuner.final_step_size
-    log.info("thermalised; step size frozen at %.5g", hmc.step_size)
+    if frozen is not None:
+        settings = frozen_settings(hmc, tuning)
+        frozen.update({k: settings[k] for k in ("fa_mu2", "trajectory_scan") if k in settings})
     return phi, cpu_before + time.process_time() - cpu0
 
 

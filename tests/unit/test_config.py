@@ -286,7 +286,10 @@ flow:
 
 
 #: (section, key) of every key added after RECORD_BEFORE was written
-KEYS_ADDED_SINCE_RECORD_BEFORE = (("flow", "zero_mode_widths"),)
+KEYS_ADDED_SINCE_RECORD_BEFORE = (
+    ("flow", "zero_mode_widths"), ("hmc", "fourier_acceleration"), ("hmc", "fa_kernel"),
+    ("hmc", "fa_mu2"), ("hmc", "trajectory_length"),  # issue 15
+)
 
 
 def test_run_folder_records_written_before_pydantic_read_back(tmp_path):
@@ -439,7 +442,7 @@ SPECIAL_BEFORE = [
     ({'hmc.bogus': 1},
      "config section 'hmc': unknown key 'bogus'; allowed keys are n_chains, n_therm, "
      'n_traj, n_steps, step_size, target_acceptance, save_every, integrator, jitter, '
-     'dtype.'),
+     'dtype, fourier_acceleration, fa_kernel, fa_mu2, trajectory_length.'),
     ({'bogus': {}},
      "config: unknown section 'bogus'; allowed sections are lattice, action, seed, "
      'device, dtype, hmc, flow, train, sample, output.'),
@@ -521,6 +524,24 @@ def test_refusals_keep_their_wording(key, value, expected):
     with pytest.raises(ConfigError) as info:
         config_from_dict(_set({key: value}))
     assert str(info.value) == f"config key '{key}': value {value!r} is not allowed; expected {expected}."
+
+
+# issue 15: the Fourier-acceleration and trajectory-length keys of the hmc section
+REFUSALS_HMC_TUNING = [
+    ('hmc.fourier_acceleration', 'yes',
+     'true or false (Fourier acceleration: kinetic term 1/2 pi^T M^-1 pi)'),
+    ('hmc.fa_kernel', 'exact', 'one of free, measured'),
+    ('hmc.fa_mu2', -1.0, "'auto' or a positive mass squared"),
+    ('hmc.fa_mu2', 'fast', "'auto' or a positive mass squared"),
+    ('hmc.trajectory_length', 0, "null, 'auto' or a positive trajectory length"),
+    ('hmc.trajectory_length', 'long', "null, 'auto' or a positive trajectory length"),
+]
+
+
+@pytest.mark.parametrize("key,value,expected", REFUSALS_HMC_TUNING,
+                         ids=[f"{k}={v!r}" for k, v, _ in REFUSALS_HMC_TUNING])
+def test_hmc_tuning_refusals_name_key_value_and_what_is_allowed(key, value, expected):
+    test_refusals_keep_their_wording(key, value, expected)
 
 
 @pytest.mark.parametrize("changes,message", SPECIAL_BEFORE, ids=[str(c)[:40] for c, _ in SPECIAL_BEFORE])

@@ -27,7 +27,9 @@ VALID = {
     "device": "cpu",
     "dtype": "float32",
     "hmc": {"n_chains": 2, "n_therm": 20, "n_traj": 4, "n_steps": 2, "step_size": "auto",
-            "target_acceptance": 0.8, "save_every": 1, "integrator": "leapfrog", "jitter": 0.5},
+            "target_acceptance": 0.8, "save_every": 1, "integrator": "leapfrog", "jitter": 0.5,
+            "fourier_acceleration": False, "fa_kernel": "free", "fa_mu2": "auto",
+            "trajectory_length": None},
     "flow": {"n_layers": 2, "hidden_channels": [4], "kernel_size": 3, "equivariant": True,
              "activation": "silu", "fourier_layer": True, "zero_mode_widths": [0.25, 1.0]},
     "train": {"steps": 2, "batch_size": 4, "lr": 0.001, "objective": "reverse"},
@@ -168,6 +170,10 @@ ALLOWED = {
     ("sample", "cnf_steps"): lambda v: v is None or _pos(v),
     ("hmc", "integrator"): _choice("leapfrog", "omelyan"),
     ("hmc", "jitter"): _num_ok(lambda x: 0 <= x < 1),
+    ("hmc", "fourier_acceleration"): _is_bool,
+    ("hmc", "fa_kernel"): _choice("free", "measured"),
+    ("hmc", "fa_mu2"): lambda v: v == "auto" or _num_ok(lambda x: x > 0)(v),
+    ("hmc", "trajectory_length"): lambda v: v is None or v == "auto" or _num_ok(lambda x: x > 0)(v),
     ("flow", "n_layers"): _int_ok(lambda n: n > 0 and n % 2 == 0),
     ("flow", "hidden_channels"): _pos_int_list,
     ("flow", "kernel_size"): _int_ok(lambda n: n > 0 and n % 2 == 1),
@@ -214,7 +220,8 @@ def must_refuse(sec: str, key: str | None, value) -> bool:
 
 
 NUMBER_KEYS = {("action", "m2"), ("action", "lam"), ("hmc", "step_size"),
-               ("hmc", "target_acceptance"), ("hmc", "jitter"), ("train", "lr")}
+               ("hmc", "target_acceptance"), ("hmc", "jitter"), ("train", "lr"),
+               ("hmc", "fa_mu2"), ("hmc", "trajectory_length")}
 
 
 def resolve(sec: str, key: str | None, v):
@@ -222,7 +229,7 @@ def resolve(sec: str, key: str | None, v):
     as floats, anything else as given."""
     if (sec, key) == ("flow", "zero_mode_widths"):
         return [float(x) for x in v]
-    return float(v) if (sec, key) in NUMBER_KEYS and v != "auto" else v
+    return float(v) if (sec, key) in NUMBER_KEYS and v not in ("auto", None) else v
 
 
 def same(a, b) -> bool:
@@ -250,7 +257,7 @@ BOUNDARY = [
     "auto", "cpu", "cuda", "float32", "float64", "leapfrog", "omelyan", "tanh", "leaky_relu",
     "gelu", "silu", "relu", "softsign", "reverse", "path_gradient", "path_gradient_fast",
     "forward", "mixed", "symmetrized", "odd", "mcmc", "importance", "composite", "affine",
-    "runs/x", "", "3e-3", "1e-1",
+    "free", "measured", "runs/x", "", "3e-3", "1e-1",
     "0.5", "2", "-2", "+.5e1", "1.", "nan", "inf", "1_0", " 1", "0x10", "\u0661",
     [], [2], [4, 4], [3, 4], [0, 4], [2, 2, 2], [4, True], [1.0], {}, {"n_chains": 3},
     {"bogus": 1}, {"steps": 0}, {"dir": "runs/y", "chunk_rows": 5},

@@ -1,0 +1,365 @@
+"""The HMC tuning protocol of thermalisation, as plain functions over (HMC, chains, state).
+
+One protocol for the library (:func:`lattice_flows.mcmc.hmc_run._thermalise`) and
+``benchmarks/hmc.py``. The ``hmc.n_therm`` thermalisation trajectories are split into up to three
+consecutive segments (:meth:`TuningPlan.segments`):
+
+1. ``measure`` (only for Fourier acceleration that needs a measured propagator: ``fa_kernel:
+   measured``, or ``fa_kernel: free`` with ``fa_mu2: auto`` away from the free field):
+   n_therm // 3 unit-mass trajectories (eps by dual averaging when ``step_size: auto``); the
+   propagator G(p) = <|phi~(p)|^2> / V is averaged over the chains and the second half of the
+   segment, then frozen into M(p) (:mod:`lattice_flows.mcmc.fourier_mass`). ``fa_mu2: auto``
+   is m^2 for a free field (lam = 0, m^2 > 0), otherwise fitted to the p != 0 modes of G(p)
+   (:func:`~lattice_flows.mcmc.fourier_mass.fit_mu2`).
+2. ``tune``: eps by dual averaging (Hoffman & Gelman 2014, Alg. 5) toward
+   ``hmc.target_acceptance`` with the final mass (restarted at the FA starting eps after a
+   ``measure`` segment), then frozen at the dual-averaging estimate. With a trajectory length
+   tau (a number, or pi/2 while tuning for ``auto`` with FA) the number of steps follows eps:
+   n_steps = max(1, round(tau / eps)).
+3. ``scan`` (only ``trajectory_length: auto``): n_therm // 3 trajectories at frozen eps over a
+   geometric grid of lengths, pi/2 x 2^(k/2), k = -4..4 with FA (0.25..4 x pi/2; pi/2 is the
+   period-quarter of every free mode), or (n_steps eps) x 2^(k/2), k = -4..6 without. For each
+   length the mean squared jump <(x_{t+1} - x_t)^2> of x = M^2 and x = |M| over all chains gives
+   the lag-1 autocorrelation 1 - rho = <dx^2> / (2 Var x) (Var pooled over the whole scan),
+   tau_est = 1/2 + rho / (1 - rho) (floored at 1/2: the tau_int of an exponential
+   autocorrelation), and the length minimising (force evaluations per trajectory) x
+   2 max(tau_est(M^2), tau_est(|M|)) is kept (in effect: the largest squared jump of the slowest
+   observable per force evaluation). This is a heuristic: lag 1 from short stretches of a few
+   chains, exponential decay assumed; it is logged and its choice stored. It underestimates
+   tau_int where fast and slow scales mix (short trajectories near criticality): at the E-ladder
+   L = 32 point it improved plain HMC (10 -> 57 steps, 2040 -> 1310 force evaluations per
+   independent M^2) but chose 4 steps for FA ``free`` (1060, against 710 at the fixed 10).
+
+Everything the protocol carries between trajectories lives in one ``state`` dict of plain values
+and tensors, so a thermalisation stopped after any trajectory and resumed from its checkpoint
+equals an uninterrupted one. The frozen result (eps, n_steps, M(p), mu^2) is in ``hmc`` and in
+:func:`frozen_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lattice_flows.config import Config, ConfigError
+from lattice_flows.logs import log
+from lattice_flows.mcmc.fourier_mass import fit_mu2, free_mass, measured_mass, power_spectrum_sum
+from lattice_flows.mcmc.hmc import HMC, DualAveraging
+from lattice_flows.theory.phi4 import Phi4Action
+
+FA_LENGTH = math.pi / 2  # a quarter period of every free-field mode under the FA kernels
+#: trajectories per length of the ``auto`` scan below which it refuses to run
+MIN_SCAN_PER_LENGTH = 4
+MIN_MEASURE = 10
+
+
+@dataclass(frozen=True)
+class TuningPlan:
+    """What thermalisation tunes, from the ``hmc`` section (:func:`plan_from_config`)."""
+
+    n_therm: int
+    tune_eps: bool
+    step_size: float | None  # None: 'auto'
+    target: float
+    n_steps: int
+    fourier: bool
+    kernel: str  # 'free' | 'measured'
+    mu2: float | None  # None: estimate it from the measured propagator
+    trajectory_length: float | str | None
+    shape: tuple[int, ...]
+
+    @property
+    def needs_measurement(self) -> bool:
+        return self.fourier and (self.kernel == "measured" or self.mu2 is None)
+
+    def scan_lengths(self, eps: float) -> list[float]:
+        if self.fourier:
+            return [FA_LENGTH * 2 ** (k / 2) for k in range(-4, 5)]
+        return [self.n_steps * eps * 2 ** (k / 2) for k in range(-4, 7)]
+
+    def segments(self) -> list[tuple[str, int]]:
+        """(name, trajectories) of the thermalisation segments, in order; they sum to n_therm."""
+        n = self.n_therm
+        n_measure = n // 3 if self.needs_measurement else 0
+        n_scan = n // 3 if self.trajectory_length == "auto" else 0
+        return [("measure", n_measure), ("tune", n - n_measure - n_scan), ("scan", n_scan)]
+
+    def tune_length(self) -> float | None:
+        """The trajectory length held while eps is tuned (None: n_steps fixed)."""
+        if isinstance(self.trajectory_length, float):
+            return self.trajectory_length
+        return FA_LENGTH if self.fourier and self.trajectory_length == "auto" else None
+
+    def initial_step_size(self, fourier_now: bool) -> float:
+        """eps of the first trajectory (of a segment): hmc.step_size when given, else the
+        tuning length over n_steps (1 / n_steps for unit mass and a null length)."""
+        if self.step_size is not None:
+            return self.step_size
+        length = self.tune_length()
+        if length is None:
+            length = FA_LENGTH if fourier_now else 1.0
+        return length / self.n_steps
+
+
+def plan_from_config(cfg: Config) -> TuningPlan:
+    """The :class:`TuningPlan` of ``cfg.hmc``; free field: lam = 0 and m2 > 0."""
+    h = cfg.hmc
+    free_field = cfg.action.lam == 0 and cfg.action.m2 > 0
+    if h.fa_mu2 == "auto":
+        mu2 = float(cfg.action.m2) if free_field else None
+    else:
+        mu2 = float(h.fa_mu2)
+    tl = h.trajectory_length
+    return TuningPlan(
+        n_therm=h.n_therm, tune_eps=h.step_size == "auto",
+        step_size=None if h.step_size == "auto" else float(h.step_size),
+        target=h.target_acceptance, n_steps=h.n_steps, fourier=h.fourier_acceleration,
+        kernel=h.fa_kernel, mu2=mu2,
+        trajectory_length=tl if tl in (None, "auto") else float(tl),
+        shape=tuple(cfg.lattice.shape),
+    )
+
+
+def check_plan(plan: TuningPlan) -> None:
+    """Refuse thermalisations too short for what they must tune (ConfigError naming the keys)."""
+    n_measure, _, n_scan = (n for _, n in plan.segments())
+    if plan.needs_measurement and n_measure < MIN_MEASURE:
+        what = "fa_kernel 'measured'" if plan.kernel == "measured" else "fa_mu2 'auto' at lam > 0"
+        raise ConfigError(
+            f"config key 'hmc.n_therm': value {plan.n_therm} is too small for {what}; expected "
+            f"at least {3 * MIN_MEASURE} thermalisation trajectories (a third of them measure "
+            "the propagator G(p)), or give a numeric hmc.fa_mu2 with fa_kernel 'free'.")
+    if plan.trajectory_length == "auto":
+        n_len = len(plan.scan_lengths(1.0))
+        if n_scan < MIN_SCAN_PER_LENGTH * n_len:
+            raise ConfigError(
+                f"config key 'hmc.n_therm': value {plan.n_therm} is too small for "
+                f"trajectory_length 'auto'; expected at least {3 * MIN_SCAN_PER_LENGTH * n_len} "
+                f"thermalisation trajectories (a third of them scan {n_len} lengths), or give a "
+                "numeric hmc.trajectory_length.")
+
+
+def hmc_from_config(cfg: Config, action: Phi4Action, shape: tuple[int, ...],
+                    generator: torch.Generator, device=None, dtype=None) -> HMC:
+    """The :class:`HMC` of ``cfg.hmc`` before thermalisation: the starting eps, n_steps,
+    integrator, jitter and, when already known (FA ``free`` kernel with mu^2 given or the free
+    field's m^2), the FA mass; :func:`run_tuning` sets the rest. ``device``/``dtype`` are those of
+    the chains (the mass is stored in float64 and cast on use)."""
+    h = cfg.hmc
+    plan = plan_from_config(cfg)
+    if tuple(shape) != plan.shape:
+        plan = dataclasses.replace(plan, shape=tuple(shape))
+    hmc = HMC(action, plan.initial_step_size(plan.fourier and not plan.needs_measurement),
+              h.n_steps, h.integrator, h.jitter, generator)
+    prepare_hmc(plan, hmc, device)
+    return hmc
+
+
+def prepare_hmc(plan: TuningPlan, hmc: HMC, device=None) -> None:
+    """Before the first thermalisation trajectory: the FA mass when already known (``free``
+    kernel with mu^2 given or the free field's m^2) and n_steps = round(tau / eps) for a
+    tuning length tau. Idempotent, so an HMC built by hand (``HMC(...)``) gets the same."""
+    if plan.fourier and not plan.needs_measurement and hmc.mass is None:
+        mass = free_mass(plan.shape, plan.mu2)
+        hmc.set_mass(mass if device is None else mass.to(device))
+    length = plan.tune_length()
+    if length is not None:
+        hmc.n_steps = max(1, round(length / hmc.step_size))
+
+
+def new_state(plan: TuningPlan, hmc: HMC) -> dict[str, Any]:
+    """The protocol's state before the first thermalisation trajectory."""
+    tuner = None
+    if plan.tune_eps:
+        tuner = dataclasses.asdict(DualAveraging(math.log(hmc.step_size), plan.target))
+    return {"done": 0, "tuner": tuner, "g_sum": None, "g_count": 0, "mu2": plan.mu2,
+            "scan": [], "scan_sums": None, "scan_prev": None, "scan_var": None,
+            "last_accept_prob": None}
+
+
+def _tuner(state: dict) -> DualAveraging:
+    tuner = DualAveraging(0.0, 0.5)
+    for key, value in state["tuner"].items():  # no __post_init__: it would reset mu
+        setattr(tuner, key, value)
+    return tuner
+
+
+def _segment_at(plan: TuningPlan, done: int) -> tuple[str, int, int]:
+    """(segment name, index within it, its length) of thermalisation trajectory ``done``."""
+    start = 0
+    for name, n in plan.segments():
+        if done < start + n:
+            return name, done - start, n
+        start += n
+    raise IndexError(done)
+
+
+def _scan_point(plan: TuningPlan, index: int, n_scan: int, eps: float) -> tuple[int, int, float]:
+    """(grid point, index within it, its trajectories) of scan trajectory ``index``."""
+    lengths = plan.scan_lengths(eps)
+    per, extra = divmod(n_scan, len(lengths))
+    start = 0
+    for k in range(len(lengths)):
+        n = per + (1 if k < extra else 0)
+        if index < start + n:
+            return k, index - start, n
+        start += n
+    raise IndexError(index)
+
+
+def _magnetisation_pair(phi: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(M^2, |M|) per chain, shape (2, chains), float64."""
+    m = phi.to(torch.float64).mean(dim=tuple(range(phi.dim() - ndim, phi.dim())))
+    return torch.stack([m * m, m.abs()])
+
+
+def _jump_tau(n_jumps: float, sum_dx2: float, var: float) -> float:
+    """tau_est = 1/2 + rho/(1 - rho) with 1 - rho = <dx^2> / (2 Var), floored at 1/2
+    (infinite when nothing moved)."""
+    if sum_dx2 <= 0.0 or n_jumps == 0:
+        return math.inf
+    one_minus_rho = min(sum_dx2 / n_jumps / (2.0 * var), 1.0) if var > 0 else 1.0
+    return 0.5 + (1.0 - one_minus_rho) / one_minus_rho
+
+
+def _end_measure(plan: TuningPlan, hmc: HMC, state: dict) -> None:
+    g = state["g_sum"] / state["g_count"]
+    if plan.kernel == "measured":
+        mass = measured_mass(g)
+        how = "M(p) = 1/G(p) from the measured propagator"
+    else:
+        if state["mu2"] is None:
+            state["mu2"] = fit_mu2(g, plan.shape)
+            how = f"mu2 = {state['mu2']:.5g} fitted to the p != 0 modes of the measured G(p)"
+        else:
+            how = f"mu2 = {state['mu2']:.5g}"
+        mass = free_mass(plan.shape, state["mu2"])
+    hmc.set_mass(mass.to(g.device))
+    log.info("FA-HMC: mass kernel %s frozen (%s) after %d measured configurations",
+             plan.kernel, how, state["g_count"])
+    hmc.step_size = plan.initial_step_size(True)
+    length = plan.tune_length()
+    if length is not None:
+        hmc.n_steps = max(1, round(length / hmc.step_size))
+    if plan.tune_eps:
+        state["tuner"] = dataclasses.asdict(DualAveraging(math.log(hmc.step_size), plan.target))
+
+
+def _end_tune(plan: TuningPlan, hmc: HMC, state: dict) -> None:
+    if plan.tune_eps:
+        hmc.step_size = _tuner(state).final_step_size
+    if isinstance(plan.trajectory_length, float):
+        hmc.n_steps = max(1, round(plan.trajectory_length / hmc.step_size))
+    log.info("thermalised; step size frozen at %.5g, n_steps %d (trajectory length %.4g)",
+             hmc.step_size, hmc.n_steps, hmc.step_size * hmc.n_steps)
+    if plan.trajectory_length == "auto":
+        state["scan_eps"] = hmc.step_size
+
+
+def _end_scan(plan: TuningPlan, hmc: HMC, state: dict) -> None:
+    n, sx, sxx = state["scan_var"].unbind(dim=1)
+    var = (sxx / n - (sx / n) ** 2).tolist()
+    for row in state["scan"]:
+        row["tau_M2"] = _jump_tau(row["n_jumps"], row["sum_dx2"][0], var[0])
+        row["tau_absM"] = _jump_tau(row["n_jumps"], row["sum_dx2"][1], var[1])
+        row["cost"] = row["force_evals"] * 2 * max(row["tau_M2"], row["tau_absM"])
+        log.info("trajectory-length scan: length %.4g (n_steps %d): tau_est M2 %.3g, |M| %.3g, "
+                 "cost %.4g force evaluations per effective sample", row["length"],
+                 row["n_steps"], row["tau_M2"], row["tau_absM"], row["cost"])
+    best = min(state["scan"], key=lambda row: row["cost"])
+    hmc.n_steps = best["n_steps"]
+    log.info("trajectory length auto: chose %.4g = %d x eps %.5g (heuristic: force evaluations x "
+             "lag-1 tau_est of the slowest of M2, |M|)", best["length"], best["n_steps"],
+             hmc.step_size)
+
+
+def tuning_step(plan: TuningPlan, hmc: HMC, phi: torch.Tensor, state: dict) -> torch.Tensor:
+    """Run thermalisation trajectory ``state['done']`` on the chains ``phi`` and update
+    ``state`` and ``hmc`` (eps, n_steps, mass at the segment ends); returns the chains."""
+    name, index, n_seg = _segment_at(plan, state["done"])
+    ndim = hmc.action.ndim
+    if name == "scan":
+        k, i_in, n_pt = _scan_point(plan, index, n_seg, state["scan_eps"])
+        length = plan.scan_lengths(state["scan_eps"])[k]
+        hmc.n_steps = max(1, round(length / hmc.step_size))
+        if i_in == 0:
+            state["scan_prev"] = _magnetisation_pair(phi, ndim)
+            state["scan_sums"] = torch.zeros(2, dtype=torch.float64, device=phi.device)
+            if state["scan_var"] is None:
+                state["scan_var"] = torch.zeros(2, 3, dtype=torch.float64, device=phi.device)
+        phi, _, prob, _ = hmc.step(phi)
+        now = _magnetisation_pair(phi, ndim)
+        state["scan_sums"] += ((now - state["scan_prev"]) ** 2).sum(dim=1)
+        state["scan_var"] += torch.stack(
+            [torch.full_like(now[:, 0], now.shape[1]), now.sum(1), (now * now).sum(1)], dim=1)
+        state["scan_prev"] = now
+        if i_in == n_pt - 1:
+            state["scan"].append({"length": hmc.n_steps * hmc.step_size, "n_steps": hmc.n_steps,
+                                  "force_evals": hmc.force_evaluations(hmc.n_steps),
+                                  "n_jumps": n_pt * now.shape[1],
+                                  "sum_dx2": state["scan_sums"].tolist()})
+    else:
+        phi, _, prob, _ = hmc.step(phi)
+        if state["tuner"] is not None:
+            tuner = _tuner(state)
+            hmc.step_size = tuner.update(float(prob.mean()))
+            state["tuner"] = dataclasses.asdict(tuner)
+            length = plan.tune_length() if name == "tune" else None
+            if length is not None:
+                hmc.n_steps = max(1, round(length / hmc.step_size))
+        if name == "measure" and index >= n_seg // 2:
+            ps = power_spectrum_sum(phi, ndim)
+            state["g_sum"] = ps if state["g_sum"] is None else state["g_sum"] + ps
+            state["g_count"] += phi.shape[0]
+    state["done"] += 1
+    state["last_accept_prob"] = float(prob.mean())
+    if index == n_seg - 1:
+        {"measure": _end_measure, "tune": _end_tune, "scan": _end_scan}[name](plan, hmc, state)
+    return phi
+
+
+def finish_without_thermalisation(plan: TuningPlan, hmc: HMC) -> None:
+    """n_therm = 0: nothing to tune; a numeric trajectory length still sets n_steps."""
+    if isinstance(plan.trajectory_length, float):
+        hmc.n_steps = max(1, round(plan.trajectory_length / hmc.step_size))
+
+
+def run_tuning(plan: TuningPlan, hmc: HMC, phi: torch.Tensor, state: dict | None = None,
+               after_each=None) -> torch.Tensor:
+    """The whole thermalisation of ``plan`` (from ``state``, or fresh); ``after_each(phi,
+    state)`` runs after every trajectory (a stop check that checkpoints and raises)."""
+    state = new_state(plan, hmc) if state is None else state
+    if plan.n_therm == 0:
+        finish_without_thermalisation(plan, hmc)
+    while state["done"] < plan.n_therm:
+        phi = tuning_step(plan, hmc, phi, state)
+        if after_each is not None:
+            after_each(phi, state)
+    return phi
+
+
+def frozen_settings(hmc: HMC, state: dict | None) -> dict[str, Any]:
+    """What thermalisation froze, for the checkpoint and the sample file attrs."""
+    out: dict[str, Any] = {"step_size": float(hmc.step_size), "n_steps": int(hmc.n_steps),
+                           "trajectory_length": float(hmc.step_size * hmc.n_steps)}
+    if hmc.mass is not None:
+        out["fa_mass"] = hmc.mass.detach().cpu().clone()
+    if state is not None and state.get("mu2") is not None:
+        out["fa_mu2"] = float(state["mu2"])
+    if state is not None and state.get("scan"):
+        out["trajectory_scan"] = [dict(row) for row in state["scan"]]
+    return out
+
+
+def restore_frozen(hmc: HMC, state: dict[str, Any], device=None) -> None:
+    """The inverse of :func:`frozen_settings`: eps, n_steps and the FA mass from a checkpoint
+    ``state`` (checkpoints from before this module: eps only; no ``fa_mass``: unit mass)."""
+    hmc.step_size = float(state["step_size"])
+    if "n_steps" in state:
+        hmc.n_steps = int(state["n_steps"])
+    mass = state.get("fa_mass")
+    hmc.set_mass(None if mass is None else mass.to(device) if device is not None else mass)
