@@ -57,8 +57,10 @@ from lattice_flows.flows.quality import propose
 from lattice_flows.io.checkpoint import save_checkpoint
 from lattice_flows.logs import log
 from lattice_flows.mcmc.flow_run import SAMPLES_NAME, SamplingError, open_flow
-from lattice_flows.mcmc.hmc import HMC
-from lattice_flows.mcmc.hmc_run import THERM_PHASE, _initial_step_size, _thermalise
+from lattice_flows.mcmc.hmc_run import THERM_PHASE, _thermalise
+from lattice_flows.mcmc.hmc_tuning import (
+    check_plan, frozen_settings, hmc_from_config, plan_from_config, restore_frozen,
+)
 from lattice_flows.metropolis import independence_block
 from lattice_flows.observables import measure
 from lattice_flows.runtime.production import Advance, run_production
@@ -71,7 +73,7 @@ SEED_STREAM = 20
 KIND = "composite"
 #: hmc keys that define the composite sweep's HMC kernel (a resume with others is refused)
 HMC_KEYS = ("n_therm", "n_steps", "step_size", "target_acceptance", "integrator", "jitter",
-            "dtype")
+            "dtype", "fourier_acceleration", "fa_kernel", "fa_mu2", "trajectory_length")
 
 
 def run_composite(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
@@ -90,6 +92,7 @@ def run_composite(cfg: Config, run_dir: str | Path | None = None, progress: bool
             "expected at least 20 thermalisation trajectories to tune the step size of the "
             "composite sampler's HMC (or give a numeric hmc.step_size)."
         )
+    check_plan(plan_from_config(cfg))  # FA measurement and length scan need their trajectories
     run_dir = Path(run_dir or cfg.output.dir)
     rank = 0 if world is None else world.rank
     return run_production(
@@ -122,8 +125,10 @@ class CompositeProducer:
         self.k, self.n_traj = sc.flow_steps, sc.hmc_trajectories
         self.sweeps_per_block = max(1, sc.batch_size // (self.k * self.n_chains))
         self.gen = make_generator(self.device, derive_seed(cfg.seed, rank, SEED_STREAM))
-        self.hmc = HMC(self.action, _initial_step_size(cfg), h.n_steps, h.integrator, h.jitter,
-                       self.gen)
+        self.hmc = hmc_from_config(cfg, self.action, tuple(self.shape), self.gen, self.device,
+                                   self.dtype)
+        self.frozen: dict = {}  # mu^2 and the length scan of the thermalisation (checkpointed)
+        self.therm_cpu_s: float | None = None  # CPU-s of thermalisation and tuning
 
     # ------------------------------------------------------------------ start / resume
 
@@ -135,7 +140,8 @@ class CompositeProducer:
             therm_hmc = dataclasses.replace(self.h, n_chains=n_chains)
             therm_cfg = dataclasses.replace(self.cfg, hmc=therm_hmc)
             phi, self.cpu_s = _thermalise(therm_cfg, self.hmc, self.gen, self.device, self.dtype,
-                                          state, ckpt_path, self.run_dir, self.show)
+                                          state, ckpt_path, self.run_dir, self.show, self.frozen)
+            self.therm_cpu_s = self.cpu_s
             self.step, self.n_flow_acc, self.n_hmc_acc, self.n_nonfinite = 0, 0, 0, 0
             s = self.action(phi.to(torch.float64))
             lq = self._log_q(phi)
@@ -153,7 +159,9 @@ class CompositeProducer:
             return
         self._check_state(state, ckpt_path)
         self.gen.set_state(state["rng"])
-        self.hmc.step_size = float(state["step_size"])
+        restore_frozen(self.hmc, state, self.device)  # eps, n_steps, the FA mass
+        self.frozen = {k: state[k] for k in ("fa_mu2", "trajectory_scan") if k in state}
+        self.therm_cpu_s = state.get("therm_cpu_s")
         self.step = int(state["step"])
         self.cur = {k: state[k].to(self.device) for k in ("phi", "action", "log_q", "log_w")}
         self.cur["phi"] = self.cur["phi"].to(self.dtype)
@@ -208,9 +216,15 @@ class CompositeProducer:
         return self.step // self.save_every
 
     def file_attrs(self) -> dict:
-        return {"flow_path": str(self.flow_path), "step_size": self.hmc.step_size,
-                "hmc_dtype": self.h.dtype, "flow_steps": self.k,
-                "hmc_trajectories": self.n_traj}
+        out = {"flow_path": str(self.flow_path), "step_size": self.hmc.step_size,
+               "n_steps": self.hmc.n_steps, "trajectory_length": self.hmc.step_size * self.hmc.n_steps,
+               "hmc_dtype": self.h.dtype, "flow_steps": self.k, "hmc_trajectories": self.n_traj,
+               "fourier_acceleration": self.h.fourier_acceleration}
+        if "fa_mu2" in self.frozen:
+            out["fa_mu2"] = float(self.frozen["fa_mu2"])
+        if self.therm_cpu_s is not None:  # thermalisation and tuning, included in cpu_s
+            out["therm_cpu_s"] = float(self.therm_cpu_s)
+        return out
 
     def row_specs(self) -> dict:
         return {"log_q": ((), np.float64), "log_w": ((), np.float64),
@@ -301,7 +315,8 @@ class CompositeProducer:
     def checkpoint(self, cpu_s: float) -> dict:
         return {
             "kind": KIND, "kernel": self._kernel_settings(), "step": self.step,
-            "rng": self.gen.get_state().clone(), "step_size": float(self.hmc.step_size),
+            "rng": self.gen.get_state().clone(), **frozen_settings(self.hmc, None), **self.frozen,
+            **({} if self.therm_cpu_s is None else {"therm_cpu_s": float(self.therm_cpu_s)}),
             **{k: v.detach().cpu().clone() for k, v in self.cur.items()},
             "n_flow_accepted": self.n_flow_acc, "n_hmc_accepted": self.n_hmc_acc,
             "n_nonfinite": self.n_nonfinite, "cpu_s": cpu_s,

@@ -90,6 +90,7 @@ class HMCProducer:
         self.hmc = hmc_from_config(cfg, self.action, tuple(cfg.lattice.shape), self.gen,
                                    self.device, self.dtype)
         self.frozen: dict = {}  # mu^2 and the length scan of the thermalisation (checkpointed)
+        self.therm_cpu_s: float | None = None  # CPU-s of thermalisation and tuning
         self.acc_since_save = torch.zeros(h.n_chains, dtype=torch.bool, device=self.device)
         self.acc_per_chain = torch.zeros(h.n_chains, dtype=torch.int64, device=self.device)
 
@@ -102,6 +103,7 @@ class HMCProducer:
                                                self.dtype, state, ckpt_path, self.run_dir,
                                                self.show, self.frozen)
             self.step, self.n_acc, self.n_tried = 0, 0, 0
+            self.therm_cpu_s = self.cpu_s
             save_checkpoint(self.checkpoint(self.cpu_s), ckpt_path)
         else:
             self.phi = state["phi"].to(device=self.device, dtype=self.dtype)
@@ -111,6 +113,7 @@ class HMCProducer:
             self.step = int(state["traj"])
             self.n_acc, self.n_tried = int(state["n_accepted"]), int(state["n_tried"])
             self.cpu_s = float(state.get("cpu_s", 0.0))
+            self.therm_cpu_s = state.get("therm_cpu_s")  # None: a checkpoint of an older version
             log.info("resuming %s at trajectory %d of %d", self.run_dir, self.step, h.n_traj)
 
     def rows_done(self) -> int:
@@ -122,6 +125,8 @@ class HMCProducer:
                "n_steps": self.hmc.n_steps,
                "trajectory_length": self.hmc.step_size * self.hmc.n_steps,
                "fourier_acceleration": h.fourier_acceleration}
+        if self.therm_cpu_s is not None:  # thermalisation and tuning, included in cpu_s
+            out["therm_cpu_s"] = float(self.therm_cpu_s)
         if h.fourier_acceleration:
             out["fa_kernel"] = h.fa_kernel
             out["fa_mass"] = self.hmc.mass.cpu().numpy()
@@ -168,6 +173,8 @@ class HMCProducer:
                      cpu_s)
         ckpt.update(frozen_settings(self.hmc, None))
         ckpt.update(self.frozen)
+        if self.therm_cpu_s is not None:
+            ckpt["therm_cpu_s"] = float(self.therm_cpu_s)
         return ckpt
 
     def finish(self, steps_run: int, seconds: float, samples_path: Path, n_rows: int) -> None:

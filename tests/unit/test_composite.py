@@ -210,3 +210,30 @@ def test_extended_run_continues_and_other_kernel_settings_are_refused(tmp_path, 
         with pytest.raises(ConfigError) as err:
             run_composite(config_from_dict(changed), progress=False)
         assert f"{section}.{key}" in str(err.value), str(err.value)
+
+
+def test_fourier_accelerated_composite_resumes_with_its_frozen_mass_and_length(tmp_path, untrained_flow):
+    """The HMC part is built by the same factory and tuning protocol as plain HMC: with FA
+    (measured kernel) and a scanned trajectory length, an extended run keeps the frozen M(p),
+    eps and n_steps (its rows equal an uninterrupted run's), the file records them and the
+    thermalisation's CPU-s, and a changed hmc.fourier_acceleration is refused."""
+    raw = toy_raw(tmp_path / "fa", untrained_flow, n_samples=16, n_chains=4, batch_size=16)
+    raw["hmc"].update(n_therm=120, fourier_acceleration=True, fa_kernel="measured",
+                      trajectory_length="auto")
+    raw["output"]["chunk_rows"] = 4
+    first = SampleFile(run_composite(config_from_dict(raw), progress=False))
+    state = load_checkpoint(tmp_path / "fa" / "composite.ckpt")
+    assert state["fa_mass"].shape == SHAPE and state["trajectory_scan"]
+    assert first.attrs["n_steps"] == state["n_steps"] and first.attrs["fourier_acceleration"]
+    assert 0 < first.attrs["therm_cpu_s"] <= first.attrs["cpu_s"]
+    raw["sample"]["n_samples"] = 32
+    longer = SampleFile(run_composite(config_from_dict(raw), progress=False))
+    raw["output"]["dir"] = str(tmp_path / "fa_whole")
+    assert_same_samples(run_composite(config_from_dict(raw), progress=False), longer.path)
+    changed = copy.deepcopy(raw)
+    changed["output"]["dir"] = str(tmp_path / "fa")
+    changed["sample"]["n_samples"] = 48
+    changed["hmc"].update(fourier_acceleration=False, n_therm=140)  # 140: enough for the scan
+    with pytest.raises(ConfigError) as err:
+        run_composite(config_from_dict(changed), progress=False)
+    assert "hmc.fourier_acceleration" in str(err.value), str(err.value)
