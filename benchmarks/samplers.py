@@ -6,11 +6,12 @@ and each sampler
 * ``hmc``: this package's HMC, float64, step size tuned to acceptance 0.8 (the rung's ``hmc``
   section as it is: trajectory length n_steps x eps);
 * ``hmc-tuned``: the same with the trajectory length tuned too (``hmc.trajectory_length: auto``);
-* ``fa-hmc``: Fourier-accelerated HMC, M(p) = 2 (phat^2 + mu^2), mu^2 'auto', trajectory length
-  tuned; ``fa-hmc-measured``: M(p) from the measured propagator G(p)^-1;
+* ``fa-hmc``: Fourier-accelerated HMC, M(p) = 2 (phat^2 + mu^2), mu^2 'auto' (fitted to the
+  thermalisation's propagator), the rung's n_steps; ``fa-hmc-tuned``: with the length scanned
+  too; ``fa-hmc-measured``: M(p) = 1/G(p) from the measured propagator;
 * ``flow``: flow independence Metropolis (``sample.mode: mcmc``) with a trained flow;
-* ``composite``: flow independence steps and HMC trajectories on the same chains
-  (``sample.mode: composite``),
+* ``composite``: one flow independence step and one HMC trajectory per sweep on the same chains
+  (``sample.mode: composite``); ``composite-fa``: with FA-HMC (``fa-hmc``'s settings),
 
 the run's HDF5 file is analysed with the Gamma-method (:func:`lattice_flows.tables.analyze_samples`)
 and the CPU-seconds per effective sample of |M|, M^2, chi2 and E are
@@ -65,15 +66,16 @@ POINTS = {
     "broken16": "configs/broken/L16.yaml",
 }
 #: sampler name -> (entry point, config overrides)
+FA_FREE = ["hmc.fourier_acceleration=true", "hmc.fa_kernel=free", "hmc.fa_mu2=auto"]
 SAMPLERS: dict[str, tuple[str, list[str]]] = {
     "hmc": ("hmc", []),
     "hmc-tuned": ("hmc", ["hmc.trajectory_length=auto"]),
-    "fa-hmc": ("hmc", ["hmc.fourier_acceleration=true", "hmc.fa_kernel=free", "hmc.fa_mu2=auto",
-                       "hmc.trajectory_length=auto"]),
-    "fa-hmc-measured": ("hmc", ["hmc.fourier_acceleration=true", "hmc.fa_kernel=measured",
-                                "hmc.trajectory_length=auto"]),
+    "fa-hmc": ("hmc", FA_FREE),
+    "fa-hmc-tuned": ("hmc", [*FA_FREE, "hmc.trajectory_length=auto"]),
+    "fa-hmc-measured": ("hmc", ["hmc.fourier_acceleration=true", "hmc.fa_kernel=measured"]),
     "flow": ("sample", ["sample.mode=mcmc"]),
     "composite": ("sample", ["sample.mode=composite"]),
+    "composite-fa": ("sample", ["sample.mode=composite", *FA_FREE]),
 }
 CLASSICAL = ("hmc",)  # entry points whose rows set the "best classical" reference
 
