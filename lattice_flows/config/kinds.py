@@ -1,8 +1,9 @@
 """The kinds of value a config key takes, as pydantic types, and the error every refusal ends in.
 
-A key is declared once, in :mod:`lattice_flows.config.schema`, as ``name: Kind = key(default,
-allowed)``: the kind (a type below with its bounds), the one default, and the allowed values in
-words, which both the error message and the README table quote. The kinds are exactly what a
+A key is declared once, in :mod:`lattice_flows.config.sections` (top-level keys: in
+:mod:`lattice_flows.config.schema`), as ``name: Kind = key(default, allowed)``: the kind (a type
+below with its bounds), the one default, and the allowed values in words, which both the error
+message and the README table quote. The kinds are exactly what a
 YAML file (``yaml.safe_load``) can spell:
 
 - integers are ints, never bools or floats (``PosInt``, ``NonNegInt``, ...);

@@ -17,7 +17,8 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from lattice_flows.config.kinds import ConfigError, fmt, refusal
-from lattice_flows.config.schema import SECTIONS, Config
+from lattice_flows.config.schema import Config
+from lattice_flows.config.sections import SECTIONS
 
 _CONFIG = TypeAdapter(Config)
 

@@ -1,7 +1,7 @@
 """The README's config table (``| section | keys |``), rendered from the JSON schema of the config.
 
 One row per section, one entry per key: ``name`` = default: the allowed values (a choice lists
-its values, every other key quotes its declaration in :mod:`lattice_flows.config.schema`) and the
+its values, every other key quotes its declaration in :mod:`lattice_flows.config.sections`) and the
 key's remark. tests/unit/test_config_table.py fails when README.md's table differs from
 :func:`config_table`, so every key the code accepts is documented and no documented key is gone.
 Regenerate with ``python -c "from lattice_flows.config import config_table; print(config_table())"``.
