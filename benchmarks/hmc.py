@@ -53,10 +53,9 @@ import torch
 
 from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.config import config_from_dict  # noqa: E402
-from lattice_flows.mcmc.hmc_run import COLD_START_WIDTH  # noqa: E402
-from lattice_flows.mcmc.hmc_tuning import (  # noqa: E402
-    check_plan, frozen_settings, hmc_from_config, new_state, plan_from_config, run_tuning,
-)
+from lattice_flows.mcmc.hmc_plan import check_plan, hmc_from_config, plan_from_config  # noqa: E402
+from lattice_flows.mcmc.hmc_thermalise import COLD_START_WIDTH  # noqa: E402
+from lattice_flows.mcmc.hmc_tuning import frozen_settings, new_state, run_tuning  # noqa: E402
 from lattice_flows.observables import measure
 from lattice_flows.estimates import gamma_method
 from lattice_flows.theory.phi4 import Phi4Action
@@ -113,7 +112,7 @@ def run_one(L: int, n_chains: int, n_tune: int, n_therm: int, n_traj: int, seed:
     action = Phi4Action(m2, lam, NDIM)
     tdtype = getattr(torch, dtype)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    # near-cold start, as the library does (hmc_run.COLD_START_WIDTH): hot N(0,1) starts can
+    # near-cold start, as the library does (hmc_thermalise.COLD_START_WIDTH): hot N(0,1) starts can
     # leave chains stuck where the leapfrog is unstable at lam = 8
     phi = COLD_START_WIDTH * torch.randn((n_chains, L, L), generator=gen, dtype=tdtype)
     hmc = hmc_from_config(cfg, action, (L, L), gen, "cpu", tdtype)

@@ -21,7 +21,7 @@ a state the chain has left, and the sweep would no longer leave p invariant
 (tests/unit/test_composite.py measures that bias).
 
 Start: a fresh run thermalises ``hmc.n_therm`` trajectories from HMC's near-cold start with
-:func:`lattice_flows.mcmc.hmc_run._thermalise` (tuning eps by dual averaging when
+:func:`lattice_flows.mcmc.hmc_thermalise.thermalise` (tuning eps by dual averaging when
 ``hmc.step_size`` is 'auto', then frozen), on ``sample.n_chains`` chains (``hmc.n_chains`` is not
 used); production starts from the thermalised chains, with the log q of each recomputed.
 The chains are kept in hmc.dtype; flow proposals (in the flow's dtype) are cast to it, and
@@ -40,7 +40,8 @@ last row; ``accepted``: either), file attribute kind ``composite``, ``flow_accep
 diagnostics (as :mod:`lattice_flows.mcmc.flow_run` has them; the rejection runs count flow
 steps). Checkpoints, resume (bit for bit), stop and MPI ranks go through
 :func:`lattice_flows.runtime.production.run_production`; a stop during the thermalisation
-resumes it as HMC's does.
+resumes it as HMC's does; what a checkpoint must match to resume is
+:mod:`lattice_flows.mcmc.composite_resume`.
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.flows.quality import propose
 from lattice_flows.io.checkpoint import save_checkpoint
 from lattice_flows.logs import log
-from lattice_flows.mcmc.flow_run import SAMPLES_NAME, SamplingError, open_flow
-from lattice_flows.mcmc.hmc_run import THERM_PHASE, _thermalise
-from lattice_flows.mcmc.hmc_tuning import (
-    check_plan, frozen_settings, hmc_from_config, plan_from_config, restore_frozen,
+from lattice_flows.mcmc.composite_resume import (
+    KIND, check_composite_checkpoint, check_therm_shape, kernel_settings,
 )
+from lattice_flows.mcmc.flow_run import SAMPLES_NAME, SamplingError, open_flow
+from lattice_flows.mcmc.hmc_plan import check_plan, hmc_from_config, plan_from_config
+from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE, thermalise
+from lattice_flows.mcmc.hmc_tuning import frozen_settings, restore_frozen
 from lattice_flows.metropolis import independence_block
 from lattice_flows.observables import measure
 from lattice_flows.runtime.production import Advance, run_production
@@ -70,10 +73,6 @@ from lattice_flows.weights import WeightAccumulator, as_attrs, describe
 
 #: stream id of the composite chains' generator (flow proposals, uniforms and HMC alike)
 SEED_STREAM = 20
-KIND = "composite"
-#: hmc keys that define the composite sweep's HMC kernel (a resume with others is refused)
-HMC_KEYS = ("n_therm", "n_steps", "step_size", "target_acceptance", "integrator", "jitter",
-            "dtype", "fourier_acceleration", "fa_kernel", "fa_mu2", "trajectory_length")
 
 
 def run_composite(cfg: Config, run_dir: str | Path | None = None, progress: bool = True,
@@ -135,12 +134,12 @@ class CompositeProducer:
     def start(self, state: dict | None, ckpt_path: Path) -> None:
         n_chains = self.n_chains
         if state is None or (state.get("kind") == "hmc" and state.get("phase") == THERM_PHASE):
-            self._check_shape(state, ckpt_path)
-            # _thermalise runs hmc.n_chains chains: here they are the sample.n_chains chains
+            check_therm_shape(state, ckpt_path, n_chains, self.shape)
+            # thermalise runs hmc.n_chains chains: here they are the sample.n_chains chains
             therm_hmc = dataclasses.replace(self.h, n_chains=n_chains)
             therm_cfg = dataclasses.replace(self.cfg, hmc=therm_hmc)
-            phi, self.cpu_s = _thermalise(therm_cfg, self.hmc, self.gen, self.device, self.dtype,
-                                          state, ckpt_path, self.run_dir, self.show, self.frozen)
+            phi, self.cpu_s = thermalise(therm_cfg, self.hmc, self.gen, self.device, self.dtype,
+                                         state, ckpt_path, self.run_dir, self.show, self.frozen)
             self.therm_cpu_s = self.cpu_s
             self.step, self.n_flow_acc, self.n_hmc_acc, self.n_nonfinite = 0, 0, 0, 0
             s = self.action(phi.to(torch.float64))
@@ -157,7 +156,7 @@ class CompositeProducer:
             )
             save_checkpoint(self.checkpoint(self.cpu_s), ckpt_path)  # no re-thermalising
             return
-        self._check_state(state, ckpt_path)
+        check_composite_checkpoint(state, ckpt_path, self.cfg)
         self.gen.set_state(state["rng"])
         restore_frozen(self.hmc, state, self.device)  # eps, n_steps, the FA mass
         self.frozen = {k: state[k] for k in ("fa_mu2", "trajectory_scan") if k in state}
@@ -173,37 +172,6 @@ class CompositeProducer:
         self.since = {name: state[f"{name}_since_save"].to(self.device) for name in ("flow", "hmc")}
         log.info("resuming composite sampling in %s at sweep %d of %d", self.run_dir, self.step,
                  self.total)
-
-    def _check_shape(self, state: dict | None, ckpt_path: Path) -> None:
-        if state is not None and tuple(state["phi"].shape) != (self.n_chains, *self.shape):
-            raise ConfigError(
-                f"{ckpt_path}: thermalisation checkpoint of chains x lattice "
-                f"{tuple(state['phi'].shape)}, the config asks for "
-                f"{(self.n_chains, *self.shape)}; use a new output.dir."
-            )
-
-    def _kernel_settings(self) -> dict:
-        """The settings that define the sweep's kernels (the resume rules of
-        :mod:`lattice_flows.runtime.resume` watch the sample section; these are checked here)."""
-        h = self.h
-        return {"sample.flow_steps": self.k, "sample.hmc_trajectories": self.n_traj,
-                **{f"hmc.{name}": getattr(h, name) for name in HMC_KEYS}}
-
-    def _check_state(self, state: dict, ckpt_path: Path) -> None:
-        """Refuse a checkpoint of another kind, lattice, number of chains or kernel settings."""
-        if state.get("kind") != KIND or tuple(state["phi"].shape) != (self.n_chains, *self.shape):
-            raise ConfigError(
-                f"{ckpt_path}: checkpoint does not match the config (kind {state.get('kind')!r}, "
-                f"chains x lattice {tuple(state['phi'].shape)}); use a new output.dir."
-            )
-        old, new = state["kernel"], self._kernel_settings()
-        changed = [k for k in new if old.get(k) != new[k]]
-        if changed:
-            raise ConfigError(
-                f"{ckpt_path}: this composite run was started with other kernel settings "
-                f"(changed: {', '.join(f'{k} {old.get(k)!r} -> {new[k]!r}' for k in changed)}); "
-                "resuming would mix two samplers. Restore the old values or use a new output.dir."
-            )
 
     @torch.no_grad()
     def _log_q(self, phi: torch.Tensor) -> torch.Tensor:
@@ -314,7 +282,7 @@ class CompositeProducer:
 
     def checkpoint(self, cpu_s: float) -> dict:
         return {
-            "kind": KIND, "kernel": self._kernel_settings(), "step": self.step,
+            "kind": KIND, "kernel": kernel_settings(self.cfg), "step": self.step,
             "rng": self.gen.get_state().clone(), **frozen_settings(self.hmc, None), **self.frozen,
             **({} if self.therm_cpu_s is None else {"therm_cpu_s": float(self.therm_cpu_s)}),
             **{k: v.detach().cpu().clone() for k, v in self.cur.items()},

@@ -26,7 +26,7 @@ from lattice_flows.estimates import gamma_method
 from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.flow_run import run_sample
-from lattice_flows.mcmc.hmc_run import THERM_PHASE
+from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE
 from lattice_flows.pipeline import run_pipeline
 from lattice_flows.theory.free_field import exact_susceptibility, exact_two_point
 from lattice_flows.training.trainer import train_flow

@@ -21,8 +21,9 @@ from lattice_flows.config import ConfigError, config_from_dict
 from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.io.sample_verify import verify_sample_file
-from lattice_flows.mcmc.hmc_run import THERM_PHASE, run_hmc
-from lattice_flows.mcmc.hmc_tuning import plan_from_config
+from lattice_flows.mcmc.hmc_plan import plan_from_config
+from lattice_flows.mcmc.hmc_run import run_hmc
+from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE
 from tests.conftest import tiny_hmc_raw, write_config
 from tests.integration.test_kill_suite import assert_same_samples, kill_attempts, launch
 

@@ -15,7 +15,8 @@ import numpy as np
 from lattice_flows.config import config_from_dict
 from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
-from lattice_flows.mcmc.hmc_run import THERM_PHASE, run_hmc
+from lattice_flows.mcmc.hmc_run import run_hmc
+from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE
 from tests.conftest import cli, tiny_hmc_raw, write_config
 
 N_THERM = 6000  # ~5 s of thermalisation on one thread: the signal lands inside it

@@ -221,10 +221,11 @@ def test_too_short_thermalisation_for_fa_tuning_is_refused(tmp_path):
 ])
 def test_hand_built_hmc_thermalises_like_the_factory(tmp_path, hmc_keys):
     """Producers that build ``HMC(action, _initial_step_size(cfg), n_steps, integrator, jitter,
-    gen)`` themselves (the composite sampler) and call ``_thermalise`` get the same FA mass,
+    gen)`` themselves (the composite sampler) and call ``thermalise`` get the same FA mass,
     n_steps, eps and chains as :func:`hmc_from_config`."""
-    from lattice_flows.mcmc.hmc_run import _initial_step_size, _thermalise
-    from lattice_flows.mcmc.hmc_tuning import hmc_from_config
+    from lattice_flows.mcmc.hmc_plan import hmc_from_config
+    from lattice_flows.mcmc.hmc_run import _initial_step_size
+    from lattice_flows.mcmc.hmc_thermalise import thermalise
 
     raw = {"lattice": {"shape": [6, 6]}, "action": {"m2": -4.0, "lam": 8.0}, "device": "cpu",
            "seed": 2, "hmc": {"n_chains": 4, "n_therm": 30, "n_steps": 6, **hmc_keys},
@@ -238,8 +239,8 @@ def test_hand_built_hmc_thermalises_like_the_factory(tmp_path, hmc_keys):
         else:
             h = cfg.hmc
             hmc = HMC(ACTION, _initial_step_size(cfg), h.n_steps, h.integrator, h.jitter, gen)
-        phi, _ = _thermalise(cfg, hmc, gen, "cpu", torch.float64, None, tmp_path / "x.ckpt",
-                             tmp_path, False)
+        phi, _ = thermalise(cfg, hmc, gen, "cpu", torch.float64, None, tmp_path / "x.ckpt",
+                            tmp_path, False)
         out.append((phi, hmc.mass, hmc.n_steps, hmc.step_size))
     (phi_a, mass_a, n_a, eps_a), (phi_b, mass_b, n_b, eps_b) = out
     assert mass_a is not None and torch.equal(mass_a, mass_b)
