@@ -61,7 +61,7 @@ from lattice_flows.mcmc.composite_resume import (
     KIND, check_composite_checkpoint, check_therm_shape, kernel_settings,
 )
 from lattice_flows.mcmc.flow_run import SAMPLES_NAME, SamplingError, open_flow
-from lattice_flows.mcmc.hmc_plan import check_plan, hmc_from_config, plan_from_config
+from lattice_flows.mcmc.hmc_plan import check_eps_tuning, check_plan, hmc_from_config, plan_from_config
 from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE, thermalise
 from lattice_flows.mcmc.hmc_tuning import frozen_settings, restore_frozen
 from lattice_flows.metropolis import independence_block
@@ -85,12 +85,7 @@ def run_composite(cfg: Config, run_dir: str | Path | None = None, progress: bool
         raise ConfigError(f"config section '{missing}' is missing; it is required by "
                           "sample.mode 'composite'.")
     h = cfg.hmc
-    if h.step_size == "auto" and h.n_therm < 20:
-        raise ConfigError(
-            f"config key 'hmc.n_therm': value {h.n_therm} is too small for step_size 'auto'; "
-            "expected at least 20 thermalisation trajectories to tune the step size of the "
-            "composite sampler's HMC (or give a numeric hmc.step_size)."
-        )
+    check_eps_tuning(h, " of the composite sampler's HMC")
     check_plan(plan_from_config(cfg))  # FA measurement and length scan need their trajectories
     run_dir = Path(run_dir or cfg.output.dir)
     rank = 0 if world is None else world.rank

@@ -130,19 +130,19 @@ class HMC:
         """dphi/dt = M^-1 pi (pi itself for unit mass), by real FFTs over the lattice axes."""
         if self.mass is None:
             return pi
-        dims = self._lattice_dims(pi)
-        inv, _ = self._kernels(pi)
-        return torch.fft.irfftn(torch.fft.rfftn(pi, dim=dims) * inv, s=pi.shape[-len(dims):],
-                                dim=dims)
+        return self._circulant(pi, self._kernels(pi)[0])
 
     def draw_momenta(self, phi: torch.Tensor) -> torch.Tensor:
         """pi ~ N(0, M): white noise xi ~ N(0, 1), then pi = M^(1/2) xi by real FFTs."""
         xi = torch.randn(phi.shape, generator=self.generator, device=phi.device, dtype=phi.dtype)
         if self.mass is None:
             return xi
-        dims = self._lattice_dims(xi)
-        _, sqrt_m = self._kernels(xi)
-        return torch.fft.irfftn(torch.fft.rfftn(xi, dim=dims) * sqrt_m, s=xi.shape[-len(dims):],
+        return self._circulant(xi, self._kernels(xi)[1])
+
+    def _circulant(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """The circulant operator with eigenvalues ``kernel`` (on the rfft grid) applied to x."""
+        dims = self._lattice_dims(x)
+        return torch.fft.irfftn(torch.fft.rfftn(x, dim=dims) * kernel, s=x.shape[-len(dims):],
                                 dim=dims)
 
     def kinetic(self, pi: torch.Tensor) -> torch.Tensor:

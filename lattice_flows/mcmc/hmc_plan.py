@@ -140,3 +140,14 @@ def prepare_hmc(plan: TuningPlan, hmc: HMC, device=None) -> None:
     length = plan.tune_length()
     if length is not None:
         hmc.n_steps = max(1, round(length / hmc.step_size))
+
+
+def check_eps_tuning(h, what: str = "") -> None:
+    """Refuse ``step_size: auto`` with fewer than 20 thermalisation trajectories (ConfigError
+    naming hmc.n_therm; ``what`` names whose step size, e.g. " of the composite sampler's HMC")."""
+    if h.step_size == "auto" and h.n_therm < 20:
+        raise ConfigError(
+            f"config key 'hmc.n_therm': value {h.n_therm} is too small for step_size 'auto'; "
+            f"expected at least 20 thermalisation trajectories to tune the step size{what} "
+            "(or give a numeric hmc.step_size)."
+        )

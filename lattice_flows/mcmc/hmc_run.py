@@ -18,7 +18,7 @@ from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.io.checkpoint import save_checkpoint
 from lattice_flows.logs import log
-from lattice_flows.mcmc.hmc_plan import check_plan, hmc_from_config, plan_from_config
+from lattice_flows.mcmc.hmc_plan import check_eps_tuning, check_plan, hmc_from_config, plan_from_config
 from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE, hmc_checkpoint, thermalise
 from lattice_flows.mcmc.hmc_tuning import frozen_settings, restore_frozen
 from lattice_flows.observables import measure
@@ -45,12 +45,7 @@ def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tru
     if cfg.hmc is None:
         raise ConfigError("config section 'hmc' is missing; it is required by 'lattice-flows hmc'.")
     h = cfg.hmc
-    if h.step_size == "auto" and h.n_therm < 20:
-        raise ConfigError(
-            f"config key 'hmc.n_therm': value {h.n_therm} is too small for step_size 'auto'; "
-            "expected at least 20 thermalisation trajectories to tune the step size "
-            "(or give a numeric hmc.step_size)."
-        )
+    check_eps_tuning(h)
     check_plan(plan_from_config(cfg))
     run_dir = Path(run_dir or cfg.output.dir)
     rank = 0 if world is None else world.rank

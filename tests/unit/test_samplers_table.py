@@ -119,3 +119,16 @@ def test_a_run_in_one_sector_gets_the_poisson_bound_on_tau_int_of_M(hmc_file, tm
     assert row["tau_int"]["M"] == pytest.approx(pairs / 6)
     assert row["cpu_s_per_eff"]["M"] == pytest.approx(2 * pairs / 6 * row["cpu_s_per_row"])
     assert samplers.sampler_row("P", "hmc", SampleFile(hmc_file), None, 8.0)["tunnellings"] > 0
+
+
+def test_committed_samplers_md_is_the_rendering_of_samplers_json():
+    """benchmarks/results/samplers.md is what --render-only makes of samplers.json (ratios
+    recomputed from the rows), so the two cannot drift apart."""
+    import json
+
+    res = BENCH / "results"
+    data = json.loads((res / "samplers.json").read_text())
+    md = samplers.markdown(samplers.add_ratios(data["rows"]), data["hardware"])
+    assert (res / "samplers.md").read_text() == "# Samplers side by side\n\n" + md + "\n"
+    points = {r["point"] for r in data["rows"]}
+    assert {"L16", "L32", "broken16"} <= points
