@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from lattice_flows.comparison import CLASSICAL_KINDS  # noqa: E402  (the "best classical" kinds)
 from lattice_flows.config import apply_overrides, config_from_dict, load_raw  # noqa: E402
 from lattice_flows.io.sample_reader import SampleFile  # noqa: E402
 from lattice_flows.tables import analyze_samples  # noqa: E402
@@ -77,7 +78,6 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
     "composite": ("sample", ["sample.mode=composite"]),
     "composite-fa": ("sample", ["sample.mode=composite", *FA_FREE]),
 }
-CLASSICAL = ("hmc",)  # entry points whose rows set the "best classical" reference
 
 
 def hardware() -> dict:
@@ -149,7 +149,7 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     Where a cost is a lower bound (no tunnelling seen), ``ratio_bound[O]`` says which way the
     ratio is bounded: 'upper' (the reference is a bound), 'lower' (the row is), 'none' (both)."""
     for r in rows:
-        classical = [c for c in rows if c["point"] == r["point"] and c["kind"] in CLASSICAL]
+        classical = [c for c in rows if c["point"] == r["point"] and c["kind"] in CLASSICAL_KINDS]
         r["ratio"], r["best_classical"], r["ratio_bound"] = {}, {}, {}
         for name in OBSERVABLES:
             costs = [(c["cpu_s_per_eff"][name], c["sampler"], _is_bound(c, name)) for c in classical
