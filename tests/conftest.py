@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,11 @@ def assert_same_train_log(a: Path, b: Path, keys: tuple[str, ...]) -> None:
     ha, hb = read_train_log(a), read_train_log(b)
     for k in keys:
         np.testing.assert_array_equal(ha[k], hb[k], err_msg=k)
+
+
+def wait_for_file(path: Path, proc, timeout: float = 60.0) -> None:
+    """Poll until ``path`` exists, the process ``proc`` has exited or ``timeout`` seconds have
+    passed (the caller then checks which; a kill/stop test uses it to hit a chosen phase)."""
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)

@@ -30,7 +30,7 @@ from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE
 from lattice_flows.pipeline import run_pipeline
 from lattice_flows.theory.free_field import exact_susceptibility, exact_two_point
 from lattice_flows.training.trainer import train_flow
-from tests.conftest import assert_same_samples, cli, sidak_z, write_config
+from tests.conftest import assert_same_samples, cli, sidak_z, wait_for_file, write_config
 from tests.integration.test_kill_suite import kill_attempts, launch
 
 ALPHA = 1e-3
@@ -143,9 +143,7 @@ def test_sigterm_during_thermalisation_resumes_exactly(tmp_path, trained_flow):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"))
     record = tmp_path / "term" / "config.yaml"  # written just before the thermalisation
-    deadline = time.time() + 60
-    while not record.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_file(record, proc)
     time.sleep(0.3)
     assert proc.poll() is None, "finished before SIGTERM: the test would prove nothing"
     proc.send_signal(signal.SIGTERM)

@@ -24,7 +24,7 @@ from lattice_flows.io.sample_verify import verify_sample_file
 from lattice_flows.mcmc.hmc_plan import plan_from_config
 from lattice_flows.mcmc.hmc_run import run_hmc
 from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE
-from tests.conftest import tiny_hmc_raw, write_config
+from tests.conftest import tiny_hmc_raw, wait_for_file, write_config
 from tests.integration.test_kill_suite import assert_same_samples, kill_attempts, launch
 
 FA = {"fourier_acceleration": True, "fa_kernel": "measured", "trajectory_length": "auto"}
@@ -86,9 +86,7 @@ def test_sigterm_anywhere_in_fa_thermalisation_resumes_exactly(tmp_path):
             [sys.executable, "-m", "lattice_flows", "hmc", str(cfg), "--no-progress"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         marker = tmp_path / "term" / "config.yaml"
-        deadline = time.time() + 60
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
+        wait_for_file(marker, proc)
         time.sleep(share * t_therm)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)

@@ -17,7 +17,7 @@ from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.hmc_run import run_hmc
 from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE
-from tests.conftest import cli, tiny_hmc_raw, write_config
+from tests.conftest import cli, tiny_hmc_raw, wait_for_file, write_config
 
 N_THERM = 6000  # ~5 s of thermalisation on one thread: the signal lands inside it
 
@@ -30,9 +30,7 @@ def test_sigterm_during_thermalisation_resumes_exactly(tmp_path):
         [sys.executable, "-m", "lattice_flows", "hmc", str(cfg), "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     config_yaml = tmp_path / "term" / "config.yaml"  # written just before thermalisation starts
-    deadline = time.time() + 60
-    while not config_yaml.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_file(config_yaml, proc)
     time.sleep(0.5)
     assert proc.poll() is None, "finished before SIGTERM: the test would prove nothing"
     t0 = time.time()

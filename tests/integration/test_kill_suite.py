@@ -34,6 +34,7 @@ from tests.conftest import (
     assert_same_train_log,
     check_run_folder,
     tiny_hmc_raw,
+    wait_for_file,
     write_config,
 )
 
@@ -82,9 +83,7 @@ def kill_attempts(cmd: str, cfg: Path, run: Path, specs: list[str], rng: random.
         if spec == "random":
             proc = launch(cmd, cfg)
             marker = run / (sample_file or "train.ckpt")
-            deadline = time.time() + 120
-            while not marker.exists() and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.01)
+            wait_for_file(marker, proc, 120)
             if sample_file:
                 reader = ConcurrentReader(run / sample_file, m2, lam)
                 reader.start()

@@ -26,6 +26,7 @@ from tests.conftest import (
     assert_same_samples,
     assert_same_train_log,
     check_run_folder,
+    wait_for_file,
 )
 from tests.mpi.test_mpi import MPIEXEC, NP, _env, flow_raw, write_config
 
@@ -57,9 +58,7 @@ def kill_attempts(cmd: str, cfg: Path, run: Path, specs: list[str], rng: random.
     for spec in specs:
         if spec == "random":
             proc = launch(cmd, cfg)
-            deadline = time.time() + 120
-            while not (run / marker).exists() and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.01)
+            wait_for_file(run / marker, proc, 120)
             time.sleep(rng.uniform(0.05, 0.8))
             random_kills += proc.poll() is None
             os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and both ranks at once
@@ -127,9 +126,7 @@ def _sigterm_after_start(cmd: str, cfg: Path, marker: Path, delay: float) -> tup
     """SIGTERM to mpiexec and both ranks (what SLURM does at the time limit) once ``marker``
     exists; returns the exit status, the output and the seconds from SIGTERM to exit."""
     proc = launch(cmd, cfg)
-    deadline = time.time() + 120
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_file(marker, proc, 120)
     time.sleep(delay)
     assert proc.poll() is None, f"{cmd} finished before SIGTERM: the test would prove nothing"
     t0 = time.time()
