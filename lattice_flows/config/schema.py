@@ -16,7 +16,7 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs, PydanticCustomError
 
 from lattice_flows.config.couplings import ActionConfig, parse_action
-from lattice_flows.config.kinds import ConfigError, NonNegInt, fmt, key
+from lattice_flows.config.kinds import ConfigError, Flag, NonNegInt, fmt, key
 from lattice_flows.config.sections import (
     SECTIONS, FlowConfig, HMCConfig, LatticeConfig, OutputConfig, SampleConfig, TrainConfig,
 )
@@ -36,6 +36,10 @@ class Config:
     dtype: Literal["float32", "float64"] = key(
         "float32", note="the flow's precision; log q and log w are accumulated in float64 either "
         "way; HMC has its own hmc.dtype")
+    compile: Flag = key(
+        False, "true or false (torch.compile the flow's conditioners and the HMC integrator)",
+        note="same results up to float rounding; a failed compilation stops the run with an error "
+        "that says to set compile: false (lattice_flows/compiled.py)")
     hmc: HMCConfig | None = None
     flow: FlowConfig | None = None
     train: TrainConfig | None = None
@@ -118,6 +122,7 @@ class Config:
             "seed": self.seed,
             "device": self.device,
             "dtype": self.dtype,
+            "compile": self.compile,
             "output": dataclasses.asdict(self.output),
         }
         for name in ("hmc", "train", "sample", "flow"):

@@ -18,7 +18,7 @@ _ACTION = (
     "either {`m2`, `lam`} or {`kappa`, `lam_hop`}, converted once (docs/conventions.md): "
     "m² = (1 − 2λ̃)/κ − 2d, λ = λ̃/κ²; both are recorded, `given_as` says which pair was given"
 )
-_TOP = ("seed", "device", "dtype")
+_TOP = ("seed", "device", "dtype", "compile")
 
 
 def config_schema() -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lattice_flows.compiled import compile_flow
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.faults import nan_injected
@@ -87,6 +88,8 @@ def open_flow(cfg: Config, run_dir: Path, device, dtype) -> tuple[Path, Flow]:
         n_layers = set_integration_steps(flow, sc.cnf_steps)
         log.info("sampling with %d RK4 steps in %d continuous layer(s) (sample.cnf_steps)",
                  sc.cnf_steps, n_layers)
+    if cfg.compile:  # the conditioners compiled in place (lattice_flows/compiled.py)
+        compile_flow(flow)
     return path, flow
 
 

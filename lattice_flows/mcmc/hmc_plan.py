@@ -127,6 +127,9 @@ def hmc_from_config(cfg: Config, action: Phi4Action, shape: tuple[int, ...],
     hmc = HMC(action, plan.initial_step_size(plan.fourier and not plan.needs_measurement),
               h.n_steps, h.integrator, h.jitter, generator)
     prepare_hmc(plan, hmc, device)
+    if cfg.compile:  # compiled force + drift/kick kernels (lattice_flows/compiled.py)
+        from lattice_flows.mcmc.hmc_compiled import compile_hmc
+        compile_hmc(hmc)
     return hmc
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lattice_flows.compiled import compile_flow
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.flows.flow import build_flow
@@ -113,6 +114,8 @@ class TrainRun:
 
         torch.manual_seed(derive_seed(cfg.seed, 0, 99))  # parameter init: identical on every rank
         self.flow = build_flow(cfg.flow, cfg.lattice.shape, cfg.action.m2).to(device=self.device, dtype=self.dtype)
+        if cfg.compile:  # the conditioners compiled in place (lattice_flows/compiled.py)
+            compile_flow(self.flow)
         self.estimator = make_estimator(tc.objective, self.action, tc.alpha)
         self.data = None
         if self.estimator.needs_data:

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("theory", ("lattice_flows.theory",)),
     ("base", ("lattice_flows._version", "lattice_flows.config", "lattice_flows.logs", "lattice_flows.devices",
               "lattice_flows.distributed", "lattice_flows.signals", "lattice_flows.faults",
-              "lattice_flows.progress", "lattice_flows.malloc")),
+              "lattice_flows.progress", "lattice_flows.malloc", "lattice_flows.compiled")),
     ("io", ("lattice_flows.io",)),
     ("numerics", ("lattice_flows.estimates", "lattice_flows.weights", "lattice_flows.observables",
                   "lattice_flows.metropolis", "lattice_flows.pareto")),

@@ -1,0 +1,141 @@
+"""Opt-in ``torch.compile`` (config key ``compile: true``): what is compiled, and what a failure does.
+
+Compiled, when ``compile: true``:
+
+* every coupling layer's conditioner network (:func:`compile_flow`), in place with
+  :meth:`torch.nn.Module.compile`: parameter names and the state dict are unchanged, so a flow
+  file written by a compiled run loads into eager code and back. The conditioner is the unit
+  because every estimator reaches it (``reverse`` and sampling through ``Flow.forward``,
+  ``path_gradient`` and ``forward`` through ``Flow.inverse``, ``path_gradient_fast`` through the
+  layers one by one), and the conditioners of one flow share their compiled graphs;
+* the HMC integrator (:mod:`lattice_flows.mcmc.hmc_compiled`): the force and the
+  drift / kick updates of one step as compiled functions, the loop over the jittered number of
+  steps outside them, and the step size as a tensor input, so neither a new step count nor a
+  tuned step size recompiles.
+
+Nothing else changes: the prior draws, the action, the Hamiltonian and the accept/reject stay
+eager. Results agree with eager ones up to float rounding (fused kernels may round differently,
+e.g. by FMA; tests/unit/test_compile.py bounds it), not bit for bit, so a run resumed with the
+other setting continues validly but not bit-identically.
+
+Compilation happens on the first call of each compiled piece (and again for a new input shape
+or grad mode; ``dynamic=None``: a second shape makes the batch dimension symbolic where the code
+allows it). A failure there (no working C++ compiler for the CPU backend, no Triton for CUDA,
+an operation the compiler does not support) is NOT papered over by a silent fall-back to eager
+code: it raises :class:`CompileError` naming the piece, the compiler's own message and the
+remedy (set ``compile: false``). torch's ``donated_buffer`` optimisation is switched off while
+compiling, because ``path_gradient_fast`` takes a vector-Jacobian product through the
+conditioner before the loss's backward (``retain_graph``), which donated buffers refuse.
+
+Figures (this CPU and, where measured, a GPU): benchmarks/results/compile.md.
+
+Example::
+
+    >>> import torch
+    >>> f = compiled(lambda x: 2 * x, "doubling")
+    >>> f(torch.ones(2)).tolist()  # doctest: +SKIP  (compiles: seconds)
+    [2.0, 2.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+REMEDY = ("set 'compile: false' in the config (top-level key) to run without torch.compile; "
+          "on a CPU torch.compile needs a working C++ compiler (e.g. g++), on CUDA Triton")
+
+
+class CompileError(RuntimeError):
+    """``compile: true`` could not compile a piece; the message names it and the remedy."""
+
+
+def _compile_failures() -> tuple[type[BaseException], ...]:
+    """The exception types by which torch.compile reports that it could not compile."""
+    kinds: list[type[BaseException]] = []
+    try:
+        from torch._dynamo import exc as dynamo_exc
+
+        kinds += [getattr(dynamo_exc, n) for n in ("BackendCompilerFailed", "Unsupported",
+                                                    "InternalTorchDynamoError") if hasattr(dynamo_exc, n)]
+    except ImportError:  # pragma: no cover - torch without dynamo
+        pass
+    try:
+        from torch._inductor import exc as inductor_exc
+
+        kinds += [getattr(inductor_exc, n) for n in ("InductorError", "CppCompileError")
+                  if hasattr(inductor_exc, n)]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
+def _checked(fn: Callable, what: str) -> Callable:
+    """``fn`` whose compile failures become a :class:`CompileError` naming ``what``."""
+    failures = _compile_failures()
+
+    def call(*args: Any, **kwargs: Any):
+        try:
+            return fn(*args, **kwargs)
+        except failures as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CompileError(f"compile: true: torch.compile failed on {what} "
+                               f"({type(exc).__name__}: {first}); {REMEDY}.") from exc
+
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
+
+
+def _prepare() -> None:
+    """Process-wide compiler settings of ``compile: true`` (see the module docstring)."""
+    try:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
+    except (ImportError, AttributeError):  # pragma: no cover - older torch
+        pass
+
+
+def compiled(fn: Callable, what: str, **options: Any) -> Callable:
+    """``torch.compile(fn, dynamic=None, **options)`` with failures reported as
+    :class:`CompileError` (``what`` names the piece in the message)."""
+    _prepare()
+    options.setdefault("dynamic", None)
+    return _checked(torch.compile(fn, **options), what)
+
+
+def compile_module(module: nn.Module, what: str, **options: Any) -> nn.Module:
+    """Compile ``module`` in place (:meth:`torch.nn.Module.compile`, ``dynamic=None``): its
+    ``__call__`` runs the compiled forward; parameters, buffers and state-dict keys unchanged.
+    Returns the module."""
+    _prepare()
+    options.setdefault("dynamic", None)
+    module.compile(**options)
+    inner = getattr(module, "_compiled_call_impl", None)
+    if inner is not None:  # the compiled call of nn.Module.compile, with failures named
+        module._compiled_call_impl = _checked(inner, what)
+    return module
+
+
+def compile_flow(flow: nn.Module) -> nn.Module:
+    """Compile the conditioner of every coupling layer of ``flow`` in place (the layers with a
+    ``conditioner`` module); returns the flow. The flow's other layers (Fourier, zero-mode,
+    continuous) stay eager."""
+    n = 0
+    for i, layer in enumerate(getattr(flow, "layers", ())):
+        conditioner = getattr(layer, "conditioner", None)
+        if isinstance(conditioner, nn.Module):
+            compile_module(conditioner, f"the conditioner of flow layer {i}")
+            n += 1
+    if n == 0:
+        from lattice_flows.logs import log
+
+        log.warning("compile: true: this flow has no coupling layers; nothing of it is compiled")
+    return flow
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module`` was compiled in place by :func:`compile_module`."""
+    return getattr(module, "_compiled_call_impl", None) is not None
