@@ -2,12 +2,10 @@
 
 Compiled, when ``compile: true``:
 
-* every coupling layer's conditioner network (:func:`compile_flow`), in place with
-  :meth:`torch.nn.Module.compile`: parameter names and the state dict are unchanged, so a flow
-  file written by a compiled run loads into eager code and back. The conditioner is the unit
-  because every estimator reaches it (``reverse`` and sampling through ``Flow.forward``,
-  ``path_gradient`` and ``forward`` through ``Flow.inverse``, ``path_gradient_fast`` through the
-  layers one by one), and the conditioners of one flow share their compiled graphs;
+* every coupling layer's conditioner network (:mod:`lattice_flows.flows.compiled_flow`), in
+  place with :func:`compile_module` (:meth:`torch.nn.Module.compile`): parameter names and the
+  state dict are unchanged, so a flow file written by a compiled run loads into eager code and
+  back (and ``copy.deepcopy`` of a compiled module is an eager copy);
 * the HMC integrator (:mod:`lattice_flows.mcmc.hmc_compiled`): the force and the
   drift / kick updates of one step as compiled functions, the loop over the jittered number of
   steps outside them, and the step size as a tensor input, so neither a new step count nor a
@@ -117,23 +115,6 @@ def compile_module(module: nn.Module, what: str, **options: Any) -> nn.Module:
     if inner is not None:  # the compiled call of nn.Module.compile, with failures named
         module._compiled_call_impl = _checked(inner, what)
     return module
-
-
-def compile_flow(flow: nn.Module) -> nn.Module:
-    """Compile the conditioner of every coupling layer of ``flow`` in place (the layers with a
-    ``conditioner`` module); returns the flow. The flow's other layers (Fourier, zero-mode,
-    continuous) stay eager."""
-    n = 0
-    for i, layer in enumerate(getattr(flow, "layers", ())):
-        conditioner = getattr(layer, "conditioner", None)
-        if isinstance(conditioner, nn.Module):
-            compile_module(conditioner, f"the conditioner of flow layer {i}")
-            n += 1
-    if n == 0:
-        from lattice_flows.logs import log
-
-        log.warning("compile: true: this flow has no coupling layers; nothing of it is compiled")
-    return flow
 
 
 def is_compiled(module: nn.Module) -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lattice_flows.compiled import compile_flow
+from lattice_flows.flows.compiled_flow import compile_flow
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.faults import nan_injected

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lattice_flows.compiled import compile_flow
+from lattice_flows.flows.compiled_flow import compile_flow
 from lattice_flows.config import Config, ConfigError
 from lattice_flows.devices import resolve_device, resolve_dtype
 from lattice_flows.flows.flow import build_flow
