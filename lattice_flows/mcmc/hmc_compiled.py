@@ -56,23 +56,32 @@ class CompiledIntegrator:
         self.kick = compiled(kick, "the HMC kick (force update)")
         self.drift_kick = compiled(drift_kick, "the HMC drift + kick (leapfrog/Omelyan step)")
 
-    def _coef(self, value: float, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
+        self._coefs: tuple = (None, ())
+
+    def coefficients(self, eps: float, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The scheme's coefficients for step size eps as 0-d tensors of ``like``'s dtype and
+        device, computed as the eager code computes its scalars; kept while eps, dtype and
+        device stay (a frozen eps costs no host-to-device copy per trajectory)."""
+        key = (float(eps), like.dtype, like.device, self.hmc.integrator)
+        if self._coefs[0] != key:
+            lam = OMELYAN_LAMBDA
+            values = ((0.5 * eps, eps) if self.hmc.integrator == "leapfrog" else
+                      (0.5 * eps, (1 - 2 * lam) * eps, 2 * lam * eps, lam * eps))
+            self._coefs = (key, tuple(torch.tensor(v, dtype=like.dtype, device=like.device)
+                                      for v in values))
+        return self._coefs[1]
 
     def __call__(self, phi: torch.Tensor, pi: torch.Tensor, eps: float, n: int):
         """Integrate (phi, pi) for n steps of size eps; returns new tensors (as HMC.integrate)."""
         hmc = self.hmc
         inv_mass = None if hmc.mass is None else hmc._kernels(pi)[0]
-        c = lambda v: self._coef(v, phi)  # noqa: E731
         if hmc.integrator == "leapfrog":
-            half, full = c(0.5 * eps), c(eps)
+            half, full = self.coefficients(eps, phi)
             pi = self.kick(phi, pi, half)
             for i in range(n):
                 phi, pi = self.drift_kick(phi, pi, full, full if i < n - 1 else half, inv_mass)
             return phi, pi
-        lam = OMELYAN_LAMBDA
-        half, mid = c(0.5 * eps), c((1 - 2 * lam) * eps)
-        outer, last = c(2 * lam * eps), c(lam * eps)
+        half, mid, outer, last = self.coefficients(eps, phi)
         pi = self.kick(phi, pi, last)
         for i in range(n):
             phi, pi = self.drift_kick(phi, pi, half, mid, inv_mass)

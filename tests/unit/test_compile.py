@@ -198,6 +198,10 @@ def test_jittered_steps_and_new_step_sizes_do_not_recompile():
         lengths.add(hmc.draw_n_steps())
     assert len(lengths) > 3  # the trajectories really differed in length
     assert _graphs() == after_first
+    # a frozen step size reuses its coefficient tensors (no host-to-device copy per trajectory)
+    first = hmc.integrate.coefficients(0.1, phi)
+    assert all(a is b for a, b in zip(first, hmc.integrate.coefficients(0.1, phi)))
+    assert [float(c) for c in first] == [0.5 * 0.1, 0.1]
 
 
 def test_a_compiler_that_cannot_work_stops_with_the_remedy():
