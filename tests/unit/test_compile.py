@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
 
 import pytest
 import torch
@@ -29,6 +30,11 @@ from lattice_flows.mcmc.fourier_mass import free_mass
 from lattice_flows.mcmc.hmc import HMC
 from lattice_flows.mcmc.hmc_compiled import compile_hmc
 from lattice_flows.theory.phi4 import Phi4Action
+
+#: torch.compile's CPU backend (inductor) builds its kernels with a C++ compiler
+pytestmark = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+    reason="no C++ compiler: torch.compile cannot build CPU kernels here")
 
 SHAPE = (6, 6)
 HIDDEN = (8,)
@@ -270,7 +276,9 @@ def test_training_sampling_and_hmc_run_end_to_end_with_compile_true(tmp_path):
     flow = load_flow(tmp_path / "compiled" / "flow.pt", (4, 4), "cpu", torch.float64)  # eager
     assert not any(is_compiled(m) for m in flow.modules())
     path = run_sample(cfg, progress=False)
+    before_hmc = _graphs()
     hmc_path = run_hmc(cfg, progress=False)
+    assert _graphs() > before_hmc  # the HMC run built its integrator compiled
     for p in (path, hmc_path):
         phi = SampleFile(p).configs()
         assert phi.shape[0] > 0 and phi.shape[2:] == (4, 4) and bool(torch.isfinite(torch.as_tensor(phi)).all())
