@@ -31,7 +31,7 @@ loss's backward (``retain_graph``), which donated buffers refuse. Inductor compi
 worker processes as it sees cores; on a shared machine set ``TORCHINDUCTOR_COMPILE_THREADS=1``.
 
 Figures (benchmarks/compile.py, this CPU): benchmarks/results/compile.md; on this CPU the HMC
-integrator gains (1.1-1.9x), the flow does not (0.8-1.0x). Formulas: the compiled pieces
+integrator gains (1.1-2.0x), the flow does not (0.8-1.0x). Formulas: the compiled pieces
 compute what their eager counterparts compute (docs/conventions.md, "Action" and "Force for
 HMC").
 
