@@ -4,8 +4,9 @@
   ``mpi4py.MPI.COMM_WORLD``; a plain process is a single-rank world and never imports mpi4py.
 * The local rank (rank within the node) comes from an MPI shared-memory split; the device of a
   rank is ``cuda:<local_rank mod n_gpus>`` when CUDA is present, else the CPU.
-* torch.distributed is initialised from MPI: rank 0 picks a free TCP port on its host and
-  broadcasts address and port; backend ``nccl`` on CUDA, ``gloo`` on CPU. Gradients are
+* torch.distributed is initialised from MPI: rank 0 serves a ``TCPStore`` on a port the kernel
+  picks (port 0) and broadcasts address and port, the others connect to it (no port race);
+  backend ``nccl`` on CUDA (one rank per GPU), ``gloo`` on CPU. Gradients are
   all-reduced (averaged) with it, so data-parallel training with a per-rank batch of
   global_batch / n_ranks follows the single-rank trajectory of the union batch.
 * Small control data (flags, RNG states, log-weights for metrics) travel through MPI.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -47,6 +49,7 @@ class World:
             self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
             local.Free()
         self._torch_dist = False
+        self.store: Any | None = None  # the TCPStore of torch.distributed (init_torch_distributed)
 
     @classmethod
     def single(cls) -> "World":
@@ -103,32 +106,53 @@ class World:
         return torch.from_numpy(np.concatenate(out))
 
     # -- gradients through torch.distributed -----------------------------------------------
-    def init_torch_distributed(self, device: torch.device) -> None:
-        """Initialise torch.distributed from MPI (address/port broadcast from rank 0)."""
+    def init_torch_distributed(self, device: torch.device, timeout_s: float = 300.0) -> None:
+        """Initialise torch.distributed from MPI: backend ``nccl`` on a CUDA device (one rank per
+        GPU, ``torch.cuda.set_device`` first), ``gloo`` on the CPU.
+
+        Rendezvous without a port race: rank 0 opens the ``TCPStore`` server itself on port 0
+        (the kernel picks a free port and the store keeps listening on it), then broadcasts its
+        address and ``store.port`` through MPI; the other ranks connect to that store, and
+        ``init_process_group(store=...)`` uses it. (The old way, a socket bound to port 0 and
+        closed again before the store bound the same port, left a window in which another
+        process could take the port.) ``timeout_s``: how long a rank waits for the others.
+        """
         if self.comm is None or self._torch_dist:
             return
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            if self.rank == 0:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind(("", 0))
-                    port = s.getsockname()[1]
-                # MASTER_ADDR overrides (clusters where the hostname resolves to 127.0.1.1)
-                addr = os.environ.get("MASTER_ADDR") or (
-                    socket.gethostbyname(socket.gethostname()) if self.size > self.local_size
-                    else "127.0.0.1"
-                )
-            else:
-                addr, port = None, None
-            addr, port = self.comm.bcast((addr, port), root=0)
+            device = torch.device(device)
             backend = "nccl" if device.type == "cuda" else "gloo"
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group(
-                backend, init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.size
-            )
+            self.store = self._open_store(timeout_s)
+            dist.init_process_group(backend, store=self.store, rank=self.rank,
+                                    world_size=self.size, timeout=timedelta(seconds=timeout_s))
         self._torch_dist = True
+
+    def _open_store(self, timeout_s: float) -> Any:
+        """The ``TCPStore`` of the group: rank 0 serves it on a port the kernel chose (port 0),
+        every rank gets ``(address, port)`` by MPI broadcast and connects as a client."""
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=timeout_s)
+        store, addr, port = None, None, None
+        if self.rank == 0:
+            # MASTER_ADDR overrides (clusters where the hostname resolves to 127.0.1.1)
+            addr = os.environ.get("MASTER_ADDR") or (
+                socket.gethostbyname(socket.gethostname()) if self.size > self.local_size
+                else "127.0.0.1"
+            )
+            # the server listens from here on: no window between choosing and binding the port;
+            # wait_for_workers=False, since the workers learn the port only from the bcast below
+            store = dist.TCPStore(addr, 0, self.size, is_master=True, timeout=timeout,
+                                  wait_for_workers=False)
+            port = store.port
+        addr, port = self.comm.bcast((addr, port), root=0)
+        if store is None:
+            store = dist.TCPStore(addr, port, self.size, is_master=False, timeout=timeout)
+        return store
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         """Make every rank start from rank 0's parameters and buffers."""
@@ -167,6 +191,9 @@ class World:
                     # a rerun of a complete training returns before any collective): abort 6
                     self.comm.Barrier()
                 dist.destroy_process_group()
+                if self.comm is not None:
+                    self.comm.Barrier()  # rank 0 serves the store: it goes when all are done
+            self.store = None
             self._torch_dist = False
 
 
