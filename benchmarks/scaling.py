@@ -3,7 +3,7 @@
 
 Usage::
 
-    python benchmarks/scaling.py [--ranks 1 2] [--repeats 2] [--quick]
+    python benchmarks/scaling.py [--ranks 1 2] [--repeats 5] [--quick]
 
 At the tutorial point (d = 2, L = 8, m2 = -4, lam = 8; docs/conventions.md "Standard test points")
 with the flow of ``configs/tutorial_flow.yaml`` (Fourier layer + 8 affine couplings, conv hidden
@@ -29,13 +29,19 @@ aggregate throughput over that of one process: the speedup the machine itself gi
 single-threaded processes at that moment (K on K idle cores; on a shared machine, or with vCPUs
 that are SMT siblings on the host, less). Read the MPI speedups against it.
 
-Each configuration runs ``--repeats`` times, 1 and K ranks interleaved; the best (fastest)
-repetition counts, which filters out intermittent load from other users of the machine. The
-CPU share (CPU-s / wall-s of each rank) and the load average are printed: a share well below 1
-means the ranks did not have a core each, and the speedup measures the neighbours too.
+Each figure is measured ``--repeats`` times, A/B interleaved: in every repeat the 1-rank and
+the K-rank run of a kind follow each other (the order alternating from repeat to repeat), so
+intermittent load from other users hits both alike, and a repeat's speed-up is the ratio of its
+own pair. Printed: the median speed-up over the repeats and its spread (min-max), the median
+absolute figures, the CPU share (CPU-s / wall-s of each rank) and what else was running: the
+load average before and after, and the busiest other processes over the benchmark (CPU-seconds
+each used in that window, read from /proc) beside the hardware line (benchmarks/_hardware.py).
+A CPU share well below 1, or a busy neighbour, means the ranks did not have a core each and the
+speed-up measures the neighbours too.
 
 The output ends with exactly one line holding a JSON object with ``sampling_speedup_2_ranks``,
-``training_speedup_2_ranks`` and the absolute figures.
+``training_speedup_2_ranks`` (medians), their ``_min`` / ``_max`` and per-repeat lists, and the
+absolute figures.
 """
 
 from __future__ import annotations
@@ -132,19 +138,17 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _hardware() -> dict:
-    from _hardware import cpu_model  # benchmarks/ is on sys.path
+    from _hardware import hardware, hardware_line  # benchmarks/ is on sys.path
 
-    model = cpu_model()
-    import torch
-
+    hw = hardware()
     try:
         from mpi4py import MPI
 
         mpi = MPI.Get_library_version().splitlines()[0].strip()
     except Exception as exc:  # pragma: no cover - reported, not fatal
         mpi = f"unknown ({exc})"
-    return {"cpu": model, "logical_cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "mpi": mpi, "host": platform.node()}
+    return {**hw, "line": hardware_line(hw), "logical_cores": os.cpu_count(),
+            "python": platform.python_version(), "mpi": mpi, "host": platform.node()}
 
 
 def _loadavg() -> str:
@@ -152,6 +156,45 @@ def _loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
+
+
+def proc_cpu_ticks() -> dict[int, tuple[str, int]]:
+    """pid -> (command name, user + system clock ticks so far) of every process in /proc."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(d.name)] = (name, int(fields[11]) + int(fields[12]))  # utime, stime
+    return out
+
+
+def busiest_others(before: dict, after: dict, wall_s: float, top: int = 5) -> list[dict]:
+    """The processes other than this one (and its children, gone by then) that used the most
+    CPU between the two /proc snapshots: name, pid, CPU-s and share of one core."""
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    me = os.getpid()
+    used = []
+    for pid, (name, ticks) in after.items():
+        if pid == me:
+            continue
+        delta = ticks - before[pid][1] if pid in before else ticks
+        if delta > 0:
+            used.append({"pid": pid, "name": name, "cpu_s": delta / hz,
+                         "core_share": delta / hz / max(wall_s, 1e-9)})
+    used = sorted(used, key=lambda r: -r["cpu_s"])[:top]
+    for r in used:  # the command line says more than 'python'
+        try:
+            cmd = Path(f"/proc/{r['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmd = ""
+        r["cmdline"] = cmd.strip()[:100] or r["name"]
+    return used
 
 
 def _make_configs(work: Path, args: argparse.Namespace) -> dict:
@@ -225,15 +268,20 @@ def _capacity(k: int, cfg_path: Path, work: Path, rep: int, n: int) -> dict:
             "cpu_share": min(r["cpu_s"] / r["wall_s"] for r in res)}
 
 
+def _spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "values": xs}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="A/B interleaved repeats of each figure")
     p.add_argument("--chains", type=int, default=32, help="chains in total (split over ranks)")
     p.add_argument("--samples", type=int, default=2000, help="Metropolis steps per chain")
     p.add_argument("--batch", type=int, default=128, help="global training batch")
     p.add_argument("--train-steps", type=int, default=60)
-    p.add_argument("--quick", action="store_true", help="a smoke test (small sizes, 1 repeat)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke test (small sizes, 2 repeats)")
     p.add_argument("--capacity-proposals", type=int, default=16384,
                    help="raw flow proposals per process of the machine-capacity control")
     p.add_argument("--worker", choices=("sample", "train", "capacity"), help=argparse.SUPPRESS)
@@ -245,15 +293,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return _worker(args)
     if args.quick:
-        args.samples, args.train_steps, args.repeats = 300, 30, 1
+        args.samples, args.train_steps, args.repeats = 100, 20, 2
+        args.capacity_proposals = min(args.capacity_proposals, 1024)
     if 1 not in args.ranks:
         args.ranks = [1, *args.ranks]
 
     hw = _hardware()
     print("# scaling benchmark: tutorial point L=8, m2=-4, lam=8; "
           "flow of configs/tutorial_flow.yaml")
-    for k, v in hw.items():
-        print(f"#   {k:<14} {v}")
+    print(f"#   hardware: {hw['line']}")
+    for k in ("mpi", "host", "logical_cores", "python"):
+        print(f"#   {k:<14} {hw[k]}")
     load0 = _loadavg()
     print(f"#   load average before: {load0}  (other users of the machine count here)")
     base = yaml.safe_load(BASE_CONFIG.read_text())
@@ -261,69 +311,83 @@ def main(argv: list[str] | None = None) -> int:
           "constant lr (other train keys from the config)")
     print(f"#   sampling: {args.chains} chains in total x {args.samples} steps = "
           f"{args.chains * args.samples} proposals; training: global batch {args.batch}, "
-          f"{args.train_steps} steps; OMP_NUM_THREADS=1 per rank; best of {args.repeats}")
+          f"{args.train_steps} steps; OMP_NUM_THREADS=1 per rank; {args.repeats} repeats, "
+          "1 and K ranks interleaved (A/B, order alternating)", flush=True)
 
-    best: dict[tuple[str, int], dict] = {}
+    runs: dict[tuple[str, int], list[dict]] = {}
+    ticks0, t_start = proc_cpu_ticks(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lf-scaling-") as tmp:
         work = Path(tmp)
         raws = _make_configs(work, args)
         cap_cfg = work / "capacity.yaml"
         cap_cfg.write_text(yaml.safe_dump(raws[1]["train"], sort_keys=False))
         for rep in range(args.repeats):
-            for k in args.ranks:
-                r = _capacity(k, cap_cfg, work, rep, args.capacity_proposals)
-                if ("capacity", k) not in best or r["wall_s"] < best[("capacity", k)]["wall_s"]:
-                    best[("capacity", k)] = r
+            order = args.ranks if rep % 2 == 0 else list(reversed(args.ranks))
+            for k in order:
+                runs.setdefault(("capacity", k), []).append(
+                    _capacity(k, cap_cfg, work, rep, args.capacity_proposals))
             for kind in ("sample", "train"):
-                for k in args.ranks:
-                    r = _launch(kind, k, raws[k][kind], work, rep)
-                    key = "wall_s" if kind == "sample" else "step_s"
-                    if (kind, k) not in best or r[key] < best[(kind, k)][key]:
-                        best[(kind, k)] = r
+                for k in order:
+                    runs.setdefault((kind, k), []).append(
+                        _launch(kind, k, raws[k][kind], work, rep))
+    elapsed = time.perf_counter() - t_start
+    others = busiest_others(ticks0, proc_cpu_ticks(), elapsed)
     load1 = _loadavg()
 
     n_prop = args.chains * args.samples
     rows = []
     for k in args.ranks:
-        s, t = best[("sample", k)], best[("train", k)]
-        c = best[("capacity", k)]
+        s_runs, t_runs, c_runs = runs[("sample", k)], runs[("train", k)], runs[("capacity", k)]
         rows.append({
             "ranks": k,
-            "capacity_proposals_per_s": c["proposals_per_s"],
-            "capacity_cpu_share": c["cpu_share"],
-            "proposals_per_s": n_prop / s["wall_s"],
-            "sample_wall_s": s["wall_s"],
-            "sample_cpu_share": min(s["cpu_s"]) / s["wall_s"],
-            "sample_cpu_total_s": sum(s["cpu_s"]),
-            "train_step_ms": 1e3 * t["step_s"],
-            "train_wall_s": t["wall_s"],
-            "train_cpu_share": min(t["cpu_s"]) / t["wall_s"],
-            "train_cpu_total_s": sum(t["cpu_s"]),
+            "capacity_proposals_per_s": _spread([c["proposals_per_s"] for c in c_runs]),
+            "capacity_cpu_share": min(c["cpu_share"] for c in c_runs),
+            "proposals_per_s": _spread([n_prop / r["wall_s"] for r in s_runs]),
+            "sample_wall_s": _spread([r["wall_s"] for r in s_runs]),
+            "sample_cpu_share": min(min(r["cpu_s"]) / r["wall_s"] for r in s_runs),
+            "train_step_ms": _spread([1e3 * r["step_s"] for r in t_runs]),
+            "train_cpu_share": min(min(r["cpu_s"]) / r["wall_s"] for r in t_runs),
         })
     r1 = rows[0]
+
+    def ratios(k_row: dict, key: str, inverse: bool = False) -> dict:
+        """Per-repeat speed-ups of the pair (1 rank, K ranks) of the same repeat."""
+        a, b = r1[key]["values"], k_row[key]["values"]
+        return _spread([x / y if inverse else y / x for x, y in zip(a, b)])
+
     print()
-    print(f"{'ranks':>5} | {'machine x':>9} | {'proposals/s':>11} | {'speedup':>7} | "
-          f"{'sample wall s':>13} | {'cpu share':>9} | {'train ms/step':>13} | {'speedup':>7} | "
-          f"{'cpu share':>9}")
-    print("-" * 109)
+    print(f"{'ranks':>5} | {'machine x':>17} | {'proposals/s':>11} | {'sampling speed-up':>17} | "
+          f"{'cpu share':>9} | {'train ms/step':>13} | {'training speed-up':>17} | {'cpu share':>9}")
+    print("-" * 124)
+    fmt = "{median:5.2f} ({min:.2f}-{max:.2f})"
     for r in rows:
-        cap = r["capacity_proposals_per_s"] / r1["capacity_proposals_per_s"]
-        print(f"{r['ranks']:>5} | {cap:>9.2f} | {r['proposals_per_s']:>11.0f} | "
-              f"{r['proposals_per_s'] / r1['proposals_per_s']:>7.2f} | "
-              f"{r['sample_wall_s']:>13.2f} | "
-              f"{r['sample_cpu_share']:>9.2f} | {r['train_step_ms']:>13.1f} | "
-              f"{r1['train_step_ms'] / r['train_step_ms']:>7.2f} | {r['train_cpu_share']:>9.2f}")
+        cap = ratios(r, "capacity_proposals_per_s")
+        sp = ratios(r, "proposals_per_s")
+        tr = ratios(r, "train_step_ms", inverse=True)
+        r["capacity_ratio"], r["sampling_speedup"], r["training_speedup"] = cap, sp, tr
+        print(f"{r['ranks']:>5} | {fmt.format(**cap):>17} | "
+              f"{r['proposals_per_s']['median']:>11.0f} | {fmt.format(**sp):>17} | "
+              f"{r['sample_cpu_share']:>9.2f} | {r['train_step_ms']['median']:>13.1f} | "
+              f"{fmt.format(**tr):>17} | {r['train_cpu_share']:>9.2f}")
     print()
-    print(f"# load average after: {load1}. cpu share = min over ranks of CPU-s / wall-s; well "
-          "below 1 means a rank shared its core with another process.")
+    print(f"# speed-ups: median over {args.repeats} repeats (min-max); each repeat's ratio is "
+          "that of its own interleaved 1-rank / K-rank pair. Absolute figures: medians.")
+    print(f"# load average before {load0}, after {load1}. cpu share = min over ranks and repeats "
+          "of CPU-s / wall-s; well below 1 means a rank shared its core with another process.")
+    print(f"# busiest other processes during the {elapsed:.0f} s of the benchmark (CPU-s, share "
+          "of one core):" + ("".join(f"\n#   {o['cpu_s']:7.1f} s ({o['core_share']:.2f})  "
+                                       f"[{o['pid']}] {o['cmdline']}" for o in others) or " none"))
     print("# machine x = aggregate raw flow-sampling throughput of K independent plain processes "
           "(no MPI) over that of one: the speedup the machine itself allows right now (K on an "
           "idle machine with K free cores); compare the speedups with it.")
     summary = {
         "benchmark": "scaling",
         "hardware": hw,
+        "hardware_line": hw["line"],
         "loadavg_before": load0,
         "loadavg_after": load1,
+        "busiest_other_processes": others,
+        "repeats": args.repeats,
         "proposals_total": n_prop,
         "train_global_batch": args.batch,
         "train_steps": args.train_steps,
@@ -331,17 +395,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     two = next((r for r in rows if r["ranks"] == 2), None)
     if two is not None:
-        summary["sampling_speedup_2_ranks"] = two["proposals_per_s"] / r1["proposals_per_s"]
-        summary["training_speedup_2_ranks"] = r1["train_step_ms"] / two["train_step_ms"]
-        summary["machine_capacity_2_procs"] = (two["capacity_proposals_per_s"]
-                                               / r1["capacity_proposals_per_s"])
-        summary["proposals_per_s_1_rank"] = r1["proposals_per_s"]
-        summary["proposals_per_s_2_ranks"] = two["proposals_per_s"]
-        summary["train_step_ms_1_rank"] = r1["train_step_ms"]
-        summary["train_step_ms_2_ranks"] = two["train_step_ms"]
-        print(f"# 2 ranks: sampling speedup {summary['sampling_speedup_2_ranks']:.2f}x, "
-              f"training speedup {summary['training_speedup_2_ranks']:.2f}x; the machine allowed "
-              f"{summary['machine_capacity_2_procs']:.2f}x to two independent processes")
+        for name, key in (("sampling_speedup_2_ranks", "sampling_speedup"),
+                          ("training_speedup_2_ranks", "training_speedup"),
+                          ("machine_capacity_2_procs", "capacity_ratio")):
+            summary[name] = two[key]["median"]
+            summary[name + "_min"] = two[key]["min"]
+            summary[name + "_max"] = two[key]["max"]
+            summary[name + "_values"] = two[key]["values"]
+        summary["proposals_per_s_1_rank"] = r1["proposals_per_s"]["median"]
+        summary["proposals_per_s_2_ranks"] = two["proposals_per_s"]["median"]
+        summary["train_step_ms_1_rank"] = r1["train_step_ms"]["median"]
+        summary["train_step_ms_2_ranks"] = two["train_step_ms"]["median"]
+        print(f"# 2 ranks: sampling speed-up {fmt.format(**two['sampling_speedup'])}, training "
+              f"speed-up {fmt.format(**two['training_speedup'])}; the machine allowed "
+              f"{fmt.format(**two['capacity_ratio'])} to two independent processes")
     print(json.dumps(summary))
     return 0
 
