@@ -11,11 +11,16 @@ RK4 steps (n = the trained ``cnf_steps``). Both errors should fall like h^4 or f
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_hardware.py
+
+from _hardware import hardware_line  # noqa: E402
 from lattice_flows.flows.cnf import ContinuousEquivariantLayer
-from lattice_flows.flows.flowfile import load_flow
+from lattice_flows.flows.flowfile import load_flow  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=123)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    print(f"# hardware: {hardware_line()}")
     shape = tuple(args.lattice)
     flow = load_flow(args.flow, shape, "cpu", torch.float64)
     idx = [i for i, layer in enumerate(flow.layers) if isinstance(layer, ContinuousEquivariantLayer)]

@@ -38,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from _hardware import hardware, hardware_line  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.config import FlowConfig  # noqa: E402
 from lattice_flows.flows import build_flow  # noqa: E402
 from lattice_flows.flows import nets, periodic_conv  # noqa: E402
@@ -94,10 +94,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (the first is warm-up)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    hw = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-          "torch": torch.__version__, "threads": 1}
+    hw = hardware()
     print(f"# per-site cost by dimension, 6 couplings hidden [32, 32] + Fourier, batch "
-          f"{args.batch}, {args.proposals} proposals per call; hardware: {hw}", flush=True)
+          f"{args.batch}, {args.proposals} proposals per call; hardware: {hardware_line(hw)}", flush=True)
     shapes = [parse_shape(s) for s in args.lattices.split(",")]
     cases = {}
     for shape in shapes:

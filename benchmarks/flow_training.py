@@ -57,7 +57,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from lattice_flows.config import config_from_dict, load_raw  # noqa: E402
-from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from _hardware import hardware as shared_hardware, hardware_line  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.flows import BASELINE_FLOW_CONFIG, build_flow  # noqa: E402
 from lattice_flows.estimates import effective_sample_size  # noqa: E402
 from lattice_flows.theory.phi4 import Phi4Action  # noqa: E402
@@ -164,8 +164,8 @@ def train_and_measure(flow: dict, train: dict, budget: float, seed: int, out_dir
 
 
 def hardware() -> dict:
-    return {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    hw = shared_hardware()
+    return {**hw, "python": platform.python_version(), "line": hardware_line(hw)}
 
 
 def main(argv=None) -> int:
@@ -183,8 +183,7 @@ def main(argv=None) -> int:
 
     hw = hardware()
     print(f"# Flow training benchmark: d=2, L={SHAPE[0]}, m2={M2}, lam={LAM}")
-    print(f"CPU: {hw['cpu']} | torch {hw['torch']} | threads {hw['threads']} | "
-          f"python {hw['python']}")
+    print(f"hardware: {hw['line']} | python {hw['python']}")
     print(f"budget: {budget:g} CPU-s of training per flow; {n_samples} fresh samples each; "
           f"seed {args.seed}\n")
 

@@ -51,7 +51,7 @@ import time
 import numpy as np
 import torch
 
-from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from _hardware import cpu_model, hardware as shared_hardware, hardware_line  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.config import config_from_dict  # noqa: E402
 from lattice_flows.mcmc.hmc_plan import check_plan, hmc_from_config, plan_from_config  # noqa: E402
 from lattice_flows.mcmc.hmc_thermalise import COLD_START_WIDTH  # noqa: E402
@@ -73,7 +73,10 @@ QUICK = {8: (300, 100, 8000), 16: (300, 100, 8000), 32: (300, 100, 8000)}
 
 
 def hardware(threads: int, dtype: str = "float32") -> dict:
+    shared = shared_hardware()
     return {
+        **shared,
+        "line": hardware_line(shared),
         "cpu_model": cpu_model(),
         "platform_processor": platform.processor(),
         "machine": platform.machine(),
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
           f"then frozen; Fourier acceleration: {args.fourier or 'off'} (fa_mu2 {fa_mu2}); "
           f"trajectory length: {tl if tl is not None else 'n_steps x eps'}")
     print(f"mode: {'quick' if args.quick else 'full'}")
-    print(f"hardware: CPU {hw['cpu_model']!r} (platform.processor {hw['platform_processor']!r}, "
+    print(f"hardware: {hw['line']}")
+    print(f"  CPU {hw['cpu_model']!r} (platform.processor {hw['platform_processor']!r}, "
           f"{hw['machine']}, os.cpu_count {hw['os_cpu_count']}), {hw['platform']}")
     print(f"python {hw['python']}, torch {hw['torch']}, numpy {hw['numpy']}, "
           f"torch threads {hw['torch_num_threads']}")

@@ -52,7 +52,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from _hardware import hardware as shared_hardware, hardware_line  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.tables import analyze_samples  # noqa: E402
 from lattice_flows.config import apply_overrides, config_from_dict, load_raw  # noqa: E402
 from lattice_flows.devices import resolve_device  # noqa: E402
@@ -69,9 +69,19 @@ AMORTISE_SAMPLES = 1_000_000
 
 
 def hardware() -> dict:
-    return {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    """benchmarks/_hardware.py's fields and line; ``cuda`` keeps this script's meaning (the GPU's
+    name or None, as in the committed ladder.json), the toolkit is ``cuda_version``."""
+    hw = shared_hardware()
+    return {**hw, "cuda_version": hw["cuda"], "line": hardware_line(hw),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def hardware_text(hw: dict) -> str:
+    """The hardware sentence of the table: the shared line, or (results of older versions,
+    without it) CPU, torch, threads and CUDA."""
+    if "line" in hw:
+        return hw["line"]
+    return f"{hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), CUDA: {hw['cuda']}"
 
 
 def per_site_error(ess: float, volume: int) -> float:
@@ -310,8 +320,7 @@ def markdown(rows: list[dict], hw: dict) -> str:
         lines.append(f"* {row_configs(r)}, L = {r['L']}{'' if r.get('seed') is None else ', seed ' + str(r['seed'])}: "
                      f"{start_of(r)}; config overrides: {extra}{hmc}.{note}")
     lines.append("")
-    lines.append(f"Hardware: {hw['cpu']}, torch {hw['torch']}, {hw['threads']} thread(s), "
-                 f"CUDA: {hw['cuda']}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
+    lines.append(f"Hardware: {hardware_text(hw)}. HMC cost: production CPU-s per chain-trajectory x 2 τ_int; "
                  "flow cost: CPU-s per proposal x 2 τ_int of the independence chain. "
                  "Proposals/s: per CPU-second of the evaluation (rows without a CPU capability: "
                  "per wall-second). Budget used: training CPU-seconds (`time.process_time`, one thread) or GPU-s where "
@@ -414,7 +423,7 @@ def main() -> int:
     work = Path(args.work or f"/tmp/lattice_flows_ladder_{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
     hw = hardware()
-    print(f"# E-ladder benchmark; hardware: {hw}", flush=True)
+    print(f"# E-ladder benchmark; hardware: {hw['line']}", flush=True)
     ref_ms = reference_step_ms()  # the machine-speed reference, measured alongside (train_step.py)
     print(f"# reference step (train_step.py, L = {REFERENCE['L']}, {REFERENCE['objective']}, "
           f"batch {REFERENCE['batch']}): {ref_ms:.1f} CPU-ms", flush=True)

@@ -50,7 +50,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from _hardware import hardware as shared_hardware, hardware_line  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.comparison import CLASSICAL_KINDS  # noqa: E402  (the "best classical" kinds)
 from lattice_flows.config import apply_overrides, config_from_dict, load_raw  # noqa: E402
 from lattice_flows.io.sample_reader import SampleFile  # noqa: E402
@@ -81,9 +81,20 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
 
 
 def hardware() -> dict:
-    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+    """benchmarks/_hardware.py's fields and line; ``cuda`` keeps this script's meaning (the GPU's
+    name or None, as in the committed samplers.json), the toolkit is ``cuda_version``."""
+    hw = shared_hardware()
+    return {**hw, "cuda_version": hw["cuda"], "line": hardware_line(hw),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def hardware_text(hw: dict) -> str:
+    """The hardware sentence of the table: the shared line, or (results of older versions,
+    without it) CPU, capability, torch, threads and CUDA."""
+    if "line" in hw:
+        return hw["line"]
+    return (f"{hw['cpu']} ({hw['cpu_capability']}), torch {hw['torch']}, {hw['threads']} "
+            f"thread(s), CUDA: {hw['cuda']}")
 
 
 def sign_changes(M: np.ndarray) -> tuple[int, int]:
@@ -209,8 +220,7 @@ def markdown(rows: list[dict], hw: dict) -> str:
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out.append(
-        f"Hardware: {hw['cpu']} ({hw['cpu_capability']}), torch {hw['torch']}, {hw['threads']} "
-        f"thread(s), CUDA: {hw['cuda']}. Cost per effective sample = 2 τ_int × production CPU-s per "
+        f"Hardware: {hardware_text(hw)}. Cost per effective sample = 2 τ_int × production CPU-s per "
         "chain and saved row (thermalisation/tuning and training excluded; training amortised over "
         "10⁶ samples in its own column); errors from the τ_int errors (Γ-method, S = 1.5, chains as "
         "replicas). Ratio: against the cheapest HMC-kind sampler of the same point and observable "
@@ -285,7 +295,7 @@ def main() -> int:
         train_cpu[point] = float(value)
     work = Path(args.work or f"/tmp/lattice_flows_samplers_{os.getpid()}")
     hw = hardware()
-    print(f"# samplers benchmark; hardware: {hw}", flush=True)
+    print(f"# samplers benchmark; hardware: {hw['line']}", flush=True)
     rows = []
     for point in args.points.split(","):
         for sampler in args.samplers.split(","):

@@ -34,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _hardware import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from _hardware import hardware, hardware_line  # noqa: E402  (benchmarks/ is on sys.path)
 from lattice_flows.config import config_from_dict, load_raw  # noqa: E402
 from lattice_flows.flows import build_flow  # noqa: E402
 from lattice_flows.flows.periodic_conv import PeriodicConvNet  # noqa: E402
@@ -106,8 +106,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the first is warm-up)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    hw = {"cpu": cpu_model(), "torch": torch.__version__, "threads": 1}
-    print(f"# training-step benchmark, batch {args.batch}; hardware: {hw}", flush=True)
+    hw = hardware()
+    print(f"# training-step benchmark, batch {args.batch}; hardware: {hardware_line(hw)}",
+          flush=True)
     results = []
     for L in [int(x) for x in args.sizes.split(",")]:
         raw = load_raw(REPO / "configs" / "ladder" / f"L{L}.yaml")
