@@ -5,9 +5,11 @@ its second checkpoint (``LATTICE_FLOWS_KILL_AT``, lattice_flows/faults.py) and r
 with the weights and training log of an uninterrupted run, bit for bit; the same for sampling,
 killed at its first checkpoint. Bitwise resumption on a GPU needs kernels that are
 deterministic from run to run (some cuDNN/cuBLAS backward kernels are not by default), so the
-processes run with ``torch.use_deterministic_algorithms(True)`` and CUBLAS_WORKSPACE_CONFIG: what
-is tested is the package's resume (RNG streams of the device, optimizer state, checkpoints),
-not the GPU's summation order. The flow trained on the GPU must load and sample on the CPU.
+processes run with ``torch.use_deterministic_algorithms(True, warn_only=True)`` and
+CUBLAS_WORKSPACE_CONFIG: what is tested is the package's resume (RNG streams of the device,
+optimizer state, checkpoints), not the GPU's summation order. An op without a deterministic
+kernel warns (instead of stopping the run); a failed comparison lists those warnings. The flow
+trained on the GPU must load and sample on the CPU.
 """
 
 from __future__ import annotations
@@ -24,8 +26,17 @@ from lattice_flows.api import load_flow
 from tests.conftest import (assert_same_flow, assert_same_samples, assert_same_train_log,
                             check_run_folder, write_config)
 
-_RUN = ("import sys, torch; torch.use_deterministic_algorithms(True); "
+_RUN = ("import sys, torch; torch.use_deterministic_algorithms(True, warn_only=True); "
         "from lattice_flows.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+_STDERR: list[str] = []  # of every process of the test: the nondeterminism warnings
+
+
+def _nondeterministic_ops() -> str:
+    lines = {ln.strip() for err in _STDERR for ln in err.splitlines()
+             if "deterministic" in ln and "Warning" in ln}
+    return "\n".join(sorted(lines)) or "none"
 
 
 def _cli(cmd: str, cfg: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -33,8 +44,10 @@ def _cli(cmd: str, cfg: Path, kill_at: str | None = None) -> subprocess.Complete
     env.pop("LATTICE_FLOWS_KILL_AT", None)
     if kill_at:
         env["LATTICE_FLOWS_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-c", _RUN, cmd, str(cfg), "--no-progress"],
+    proc = subprocess.run([sys.executable, "-c", _RUN, cmd, str(cfg), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300)
+    _STDERR.append(proc.stderr)
+    return proc
 
 
 def _raw(out: Path, device: str, flow_pt: Path | None = None) -> dict:
@@ -70,12 +83,17 @@ def _killed_then_resumed(cmd: str, raw: dict, tmp_path: Path, kill_at: str) -> P
 
 def test_train_sample_resume_on_device(tmp_path, device_slow_twin):
     dev = device_slow_twin.type
+    _STDERR.clear()
     ref = tmp_path / "ref"
     _ok(_cli("train", write_config(tmp_path / "ref.yaml", _raw(ref, dev))))
     resumed = _killed_then_resumed("train", _raw(ref, dev), tmp_path, "checkpoint:2")
-    assert_same_flow(ref / "flow.pt", resumed / "flow.pt")
-    assert_same_train_log(ref / "train.h5", resumed / "train.h5",
-                          ("step", "loss", "ess", "grad_norm", "lr"))
+    try:
+        assert_same_flow(ref / "flow.pt", resumed / "flow.pt")
+        assert_same_train_log(ref / "train.h5", resumed / "train.h5",
+                              ("step", "loss", "ess", "grad_norm", "lr"))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nops without a deterministic kernel on {dev}: "
+                             f"{_nondeterministic_ops()}") from exc
 
     flow = load_flow(ref / "flow.pt")  # trained on the device, read on the CPU
     assert all(p.device.type == "cpu" for p in flow.parameters())
@@ -87,4 +105,8 @@ def test_train_sample_resume_on_device(tmp_path, device_slow_twin):
     sref = tmp_path / "sref"
     _ok(_cli("sample", write_config(tmp_path / "sref.yaml", _raw(sref, dev, flow_pt))))
     sres = _killed_then_resumed("sample", _raw(sref, dev, flow_pt), tmp_path, "checkpoint:1")
-    assert_same_samples(sref / "samples.h5", sres / "samples.h5")
+    try:
+        assert_same_samples(sref / "samples.h5", sres / "samples.h5")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nops without a deterministic kernel on {dev}: "
+                             f"{_nondeterministic_ops()}") from exc
