@@ -22,9 +22,14 @@
 # the ordinary test suite) and exits 0 if they pass (tests/unit/test_device_check.py).
 # DEVICE_CHECK_CPU=1 asks for that quick CPU mode on a GPU machine too.
 #
-# The package needs its dependencies on the GPU machine (pydantic, pyerrors, h5py, mpi4py, ...):
-# a folder .whl/ of wheels in the repository root is installed into a private --target first
-# (no index, no network); step 0 names any module still missing.
+# The package needs its dependencies on the GPU machine (torch, numpy, h5py, mpi4py, pyyaml,
+# scipy for the tests, and pydantic, which GPU images often lack): a folder .whl/ of wheels in
+# the repository root is installed into a private --target first (no index, no network), e.g.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform \
+#     manylinux_2_17_x86_64 -d .whl pydantic==2.13.4 pydantic_core==2.46.4 \
+#     annotated-types==0.7.0 typing-inspection==0.4.2
+# (the versions this was written with; match the GPU machine's Python). Step 0 names any module
+# still missing.
 set -u
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

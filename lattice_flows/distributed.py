@@ -115,7 +115,8 @@ class World:
         address and ``store.port`` through MPI; the other ranks connect to that store, and
         ``init_process_group(store=...)`` uses it. (The old way, a socket bound to port 0 and
         closed again before the store bound the same port, left a window in which another
-        process could take the port.) ``timeout_s``: how long a rank waits for the others.
+        process could take the port.) ``timeout_s``: how long a rank waits for the others at the
+        rendezvous (the store); collectives keep torch's default timeout.
         """
         if self.comm is None or self._torch_dist:
             return
@@ -127,8 +128,10 @@ class World:
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             self.store = self._open_store(timeout_s)
+            # the collectives keep torch's default timeout (a rank may wait long for another's
+            # evaluation or checkpoint); timeout_s bounds the rendezvous only
             dist.init_process_group(backend, store=self.store, rank=self.rank,
-                                    world_size=self.size, timeout=timedelta(seconds=timeout_s))
+                                    world_size=self.size)
         self._torch_dist = True
 
     def _open_store(self, timeout_s: float) -> Any:
