@@ -99,6 +99,7 @@ if [[ $HW_RC -eq 3 || ${DEVICE_CHECK_CPU:-0} == 1 ]]; then
   exit $FAILED
 fi
 step "nvidia-smi" 15 "$OUT/nvidia-smi.txt" nvidia-smi
+cat "$OUT/nvidia-smi.txt"
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 say "GPUs visible to torch: $NGPU"
 
