@@ -17,7 +17,8 @@ proposals, :func:`independence_block`; :mod:`lattice_flows.mcmc.flow_run` and th
 :mod:`lattice_flows.mcmc.composite_run`) and the flow-quality figures (one chain over
 fresh samples, :func:`independence_chain`; :mod:`lattice_flows.flows.quality`). It compares
 ``log u < log w' - log w`` in float64 on Python floats: the same IEEE operations as a
-vectorised loop, without a handful of tensor operations per step.
+vectorised loop, without a handful of tensor operations per step, and with one device->host and
+one host->device copy per block of proposals (not per step).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -33,7 +35,9 @@ class MetropolisResult:
     """Outcome of accept/reject over a block of proposals for ``n_chains`` chains.
 
     ``index[k, c]`` is the proposal index (into the block's column ``c``) that chain ``c`` is in
-    after step k, or -1 when the chain still holds its state from before the block.
+    after step k, or -1 when the chain still holds its state from before the block. The tensors
+    are on the chains' device; the ``*_host`` arrays are the same figures on the host (numpy),
+    for bookkeeping that needs no device work (counts, flags, the weight diagnostics).
     """
 
     accepted: torch.Tensor  # (n_steps, n_chains) bool
@@ -41,6 +45,9 @@ class MetropolisResult:
     log_w: torch.Tensor  # (n_steps, n_chains) float64: log w of the current state after each step
     final_log_w: torch.Tensor  # (n_chains,) float64
     n_nonfinite: int
+    accepted_host: np.ndarray | None = None  # (n_steps, n_chains) bool
+    final_log_w_host: np.ndarray | None = None  # (n_chains,) float64
+    proposals_log_w_host: np.ndarray | None = None  # (n_steps, n_chains) float64: the input
 
 
 def accept_reject(
@@ -53,6 +60,10 @@ def accept_reject(
     Step k of chain c accepts proposal k iff it is finite and ``log u[k, c] < log w'[k, c] -
     log w`` (log w of the chain's state before the step), or the chain has no state yet.
 
+    Host-device traffic per call: one device->host copy (log w', log u and the current log w
+    in one tensor) and one host->device copy (the indices); the accept flags and the log w trace
+    follow from the indices on the device (chain c accepted at step k iff ``index[k, c] == k``).
+
     Args:
         log_w_proposals: (n_steps, n_chains) log weights of the proposals in order.
         log_w_current: (n_chains,) log weight of each chain's current state (-inf for "no state
@@ -62,27 +73,34 @@ def accept_reject(
     lw = log_w_proposals.to(torch.float64)
     device = lw.device
     n_steps, n_chains = lw.shape
-    n_nonfinite = int((~torch.isfinite(lw)).sum())
-    columns = lw.T.cpu().tolist()
-    log_u_columns = torch.log(uniforms.to(torch.float64)).T.cpu().tolist()
-    start = log_w_current.to(torch.float64).cpu().tolist()
-    acc, idx, trace = [], [], []
-    for values, log_u, cur in zip(columns, log_u_columns, start):
-        a_c, i_c, t_c, last = [False] * n_steps, [-1] * n_steps, [0.0] * n_steps, -1
+    cur = log_w_current.to(device=device, dtype=torch.float64)
+    log_u = torch.log(uniforms.to(torch.float64))
+    host = torch.cat([lw, log_u, cur.reshape(1, n_chains)]).cpu().numpy()  # one copy
+    lw_h, start_h = host[:n_steps], host[2 * n_steps]
+    finite = np.isfinite(lw_h)
+    idx = []
+    for values, log_u_c, c0, ok in zip(lw_h.T.tolist(), host[n_steps:2 * n_steps].T.tolist(),
+                                       start_h.tolist(), finite.T.tolist()):
+        i_c, last = [-1] * n_steps, -1
         for k, x in enumerate(values):
-            # log u < log w' - log w  <=>  u < w'/w ; cur = -inf accepts any finite proposal
-            if math.isfinite(x) and (cur == -math.inf or log_u[k] < x - cur):
-                cur, last, a_c[k] = x, k, True
-            i_c[k], t_c[k] = last, cur
-        acc.append(a_c)
+            # log u < log w' - log w  <=>  u < w'/w ; c0 = -inf accepts any finite proposal
+            if ok[k] and (c0 == -math.inf or log_u_c[k] < x - c0):
+                c0, last = x, k
+            i_c[k] = last
         idx.append(i_c)
-        trace.append(t_c)
-    final = [t[-1] if n_steps else c for t, c in zip(trace, start)]
-    return MetropolisResult(
-        _by_step(acc, torch.bool, device), _by_step(idx, torch.int64, device),
-        _by_step(trace, torch.float64, device),
-        torch.tensor(final, dtype=torch.float64, device=device), n_nonfinite,
-    )
+    idx_h = np.asarray(idx, dtype=np.int64).reshape(n_chains, n_steps).T
+    steps_h = np.arange(n_steps)[:, None]
+    acc_h = idx_h == steps_h
+    cols_h = np.arange(n_chains)
+    trace_h = np.where(idx_h >= 0, lw_h[idx_h.clip(min=0), cols_h], start_h)
+    final_h = trace_h[-1] if n_steps else start_h.copy()
+    index = torch.from_numpy(np.ascontiguousarray(idx_h)).to(device)  # one copy back
+    accepted = index == torch.arange(n_steps, device=device)[:, None]
+    cols = torch.arange(n_chains, device=device).expand(n_steps, n_chains)
+    trace = torch.cat([cur[None], lw])[index + 1, cols]
+    final = trace[-1] if n_steps else cur.clone()
+    return MetropolisResult(accepted, index, trace, final, int((~finite).sum()),
+                            acc_h, final_h, lw_h)
 
 
 def independence_block(
@@ -103,12 +121,6 @@ def independence_block(
     cols = torch.arange(n_chains, device=src.device).expand(k, n_chains)
     block = {name: torch.cat([current[name][None], proposals[name]])[src, cols] for name in current}
     return block, res
-
-
-def _by_step(columns: list[list], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Per-chain lists (n_chains, n_steps) as a (n_steps, n_chains) tensor on ``device``."""
-    n_chains, n_steps = len(columns), len(columns[0]) if columns else 0
-    return torch.tensor(columns, dtype=dtype).reshape(n_chains, n_steps).T.contiguous().to(device)
 
 
 def independence_chain(log_w: torch.Tensor, uniforms: torch.Tensor) -> MetropolisResult:

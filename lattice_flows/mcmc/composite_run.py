@@ -66,7 +66,8 @@ from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE, thermalise
 from lattice_flows.mcmc.hmc_tuning import frozen_settings, restore_frozen
 from lattice_flows.metropolis import independence_block
 from lattice_flows.observables import measure
-from lattice_flows.runtime.production import Advance, run_production
+from lattice_flows.runtime.clock import Seconds, device_kind
+from lattice_flows.runtime.production import Advance, clock_fields, resumed_seconds, run_production
 from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.weights import WeightAccumulator, as_attrs, describe
@@ -122,7 +123,7 @@ class CompositeProducer:
         self.hmc = hmc_from_config(cfg, self.action, tuple(self.shape), self.gen, self.device,
                                    self.dtype)
         self.frozen: dict = {}  # mu^2 and the length scan of the thermalisation (checkpointed)
-        self.therm_cpu_s: float | None = None  # CPU-s of thermalisation and tuning
+        self.therm: Seconds | None = None  # clocks of thermalisation and tuning
 
     # ------------------------------------------------------------------ start / resume
 
@@ -133,10 +134,14 @@ class CompositeProducer:
             # thermalise runs hmc.n_chains chains: here they are the sample.n_chains chains
             therm_hmc = dataclasses.replace(self.h, n_chains=n_chains)
             therm_cfg = dataclasses.replace(self.cfg, hmc=therm_hmc)
-            phi, self.cpu_s = thermalise(therm_cfg, self.hmc, self.gen, self.device, self.dtype,
-                                         state, ckpt_path, self.run_dir, self.show, self.frozen)
-            self.therm_cpu_s = self.cpu_s
-            self.step, self.n_flow_acc, self.n_hmc_acc, self.n_nonfinite = 0, 0, 0, 0
+            self.device_kind = (device_kind(self.device) if state is None
+                                else resumed_seconds(state, self.device)[1])
+            phi, self.seconds = thermalise(therm_cfg, self.hmc, self.gen, self.device,
+                                           self.dtype, state, ckpt_path, self.run_dir, self.show,
+                                           self.frozen)
+            self.therm = self.seconds
+            self.step, self.n_flow_acc, self.n_nonfinite = 0, 0, 0
+            self.n_hmc_acc = torch.zeros((), dtype=torch.int64, device=self.device)
             s = self.action(phi.to(torch.float64))
             lq = self._log_q(phi)
             self.cur = {"phi": phi, "action": s, "log_q": lq, "log_w": -(s + lq)}
@@ -149,19 +154,23 @@ class CompositeProducer:
                 self.shape, self.cfg.action.m2, self.cfg.action.lam, n_chains, self.total,
                 self.k, self.n_traj, self.hmc.step_size, self.h.dtype, self.flow_path,
             )
-            save_checkpoint(self.checkpoint(self.cpu_s), ckpt_path)  # no re-thermalising
+            save_checkpoint({**self.checkpoint(), **clock_fields(self.seconds, self.device_kind)},
+                            ckpt_path)  # no re-thermalising
             return
         check_composite_checkpoint(state, ckpt_path, self.cfg)
         self.gen.set_state(state["rng"])
         restore_frozen(self.hmc, state, self.device)  # eps, n_steps, the FA mass
         self.frozen = {k: state[k] for k in ("fa_mu2", "trajectory_scan") if k in state}
-        self.therm_cpu_s = state.get("therm_cpu_s")
+        # None: a checkpoint of an older version (no thermalisation clocks)
+        self.therm = (resumed_seconds(state, self.device, "therm_")[0]
+                      if "therm_cpu_s" in state else None)
         self.step = int(state["step"])
         self.cur = {k: state[k].to(self.device) for k in ("phi", "action", "log_q", "log_w")}
         self.cur["phi"] = self.cur["phi"].to(self.dtype)
         self.n_flow_acc = int(state["n_flow_accepted"])
-        self.n_hmc_acc = int(state["n_hmc_accepted"])
-        self.n_nonfinite, self.cpu_s = int(state["n_nonfinite"]), float(state["cpu_s"])
+        self.n_hmc_acc = torch.tensor(int(state["n_hmc_accepted"]), device=self.device)
+        self.n_nonfinite = int(state["n_nonfinite"])
+        self.seconds, self.device_kind = resumed_seconds(state, self.device)
         self.wacc = WeightAccumulator.from_state(state["weights"])
         self.wacc.resize(self.total * self.k * n_chains)
         self.since = {name: state[f"{name}_since_save"].to(self.device) for name in ("flow", "hmc")}
@@ -185,9 +194,15 @@ class CompositeProducer:
                "fourier_acceleration": self.h.fourier_acceleration}
         if "fa_mu2" in self.frozen:
             out["fa_mu2"] = float(self.frozen["fa_mu2"])
-        if self.therm_cpu_s is not None:  # thermalisation and tuning, included in cpu_s
-            out["therm_cpu_s"] = float(self.therm_cpu_s)
+        out.update(self._therm_fields())
         return out
+
+    def _therm_fields(self) -> dict:
+        """``therm_cpu_s``, ``therm_wall_s``, ``therm_device_s``: thermalisation and tuning,
+        included in the run's clocks."""
+        if self.therm is None:
+            return {}
+        return {f"therm_{k}": v for k, v in self.therm.as_dict().items()}
 
     def row_specs(self) -> dict:
         return {"log_q": ((), np.float64), "log_w": ((), np.float64),
@@ -218,9 +233,9 @@ class CompositeProducer:
         block, res = independence_block(self.cur, proposals, u)
         self.cur = {name: v[-1] for name, v in block.items()}
         self.n_nonfinite += res.n_nonfinite
-        self.n_flow_acc += int(res.accepted.sum())
+        self.n_flow_acc += int(res.accepted_host.sum())
         self.since["flow"] |= res.accepted.any(0)
-        self.wacc.add_accepted(res.accepted.cpu().numpy())
+        self.wacc.add_accepted(res.accepted_host)
 
     def _hmc_trajectories(self) -> None:
         cur, moved = self.cur, torch.zeros(self.n_chains, dtype=torch.bool, device=self.device)
@@ -228,7 +243,7 @@ class CompositeProducer:
         for _ in range(self.n_traj):
             phi, acc, _, s = self.hmc.step(phi)
             moved |= acc
-            self.n_hmc_acc += int(acc.sum())
+            self.n_hmc_acc += acc.sum()  # on the device: no synchronisation per trajectory
         self.since["hmc"] |= moved
         lq = cur["log_q"]
         if self.recompute_log_q and bool(moved.any()):
@@ -246,22 +261,22 @@ class CompositeProducer:
     def _row(self) -> dict[str, np.ndarray]:
         cur = self.cur
         obs = measure(cur["phi"], self.action, self.cfg.output.store_G)
-        row = {
-            "configs": cur["phi"].to(torch.float32).cpu().numpy(),
-            "action": cur["action"].cpu().numpy(),
-            "accepted": (self.since["flow"] | self.since["hmc"]).cpu().numpy(),
-            "flow_accepted": self.since["flow"].cpu().numpy(),
-            "hmc_accepted": self.since["hmc"].cpu().numpy(),
-            "log_q": cur["log_q"].cpu().numpy(),
-            "log_w": cur["log_w"].cpu().numpy(),
+        row = {  # device tensors, copied to the host once per chunk (RowBuffer)
+            "configs": cur["phi"].detach().to(torch.float32, copy=True),
+            "action": cur["action"],
+            "accepted": self.since["flow"] | self.since["hmc"],
+            "flow_accepted": self.since["flow"],
+            "hmc_accepted": self.since["hmc"],
+            "log_q": cur["log_q"],
+            "log_w": cur["log_w"],
         }
-        row.update({f"observables/{n}": v.cpu().numpy() for n, v in obs.items()})
-        self.since = {name: torch.zeros_like(v) for name, v in self.since.items()}
+        row.update({f"observables/{n}": v for n, v in obs.items()})
+        self.since = {name: torch.zeros_like(v) for name, v in self.since.items()}  # rows keep the old
         return row
 
     def _acceptances(self) -> tuple[float, float]:
         done = max(1, self.step * self.n_chains)
-        return self.n_flow_acc / (done * self.k), self.n_hmc_acc / (done * self.n_traj)
+        return self.n_flow_acc / (done * self.k), int(self.n_hmc_acc) / (done * self.n_traj)
 
     def postfix(self) -> dict | None:
         if not self.step:
@@ -269,35 +284,37 @@ class CompositeProducer:
         flow, hmc = self._acceptances()
         return {"flow acc": f"{flow:.3f}", "hmc acc": f"{hmc:.3f}"}
 
-    def commit_attrs(self, cpu_s: float) -> dict:
+    def commit_attrs(self) -> dict:
         flow, hmc = self._acceptances()
-        return {"cpu_s": cpu_s, "sweeps_done": self.step, "n_nonfinite": self.n_nonfinite,
+        return {"sweeps_done": self.step, "n_nonfinite": self.n_nonfinite,
                 "flow_acceptance": flow, "hmc_acceptance": hmc,
                 **as_attrs(self.wacc.result(chain=True))}
 
-    def checkpoint(self, cpu_s: float) -> dict:
+    def checkpoint(self) -> dict:
         return {
             "kind": KIND, "kernel": kernel_settings(self.cfg), "step": self.step,
             "rng": self.gen.get_state().clone(), **frozen_settings(self.hmc, None), **self.frozen,
-            **({} if self.therm_cpu_s is None else {"therm_cpu_s": float(self.therm_cpu_s)}),
+            **self._therm_fields(),
             **{k: v.detach().cpu().clone() for k, v in self.cur.items()},
-            "n_flow_accepted": self.n_flow_acc, "n_hmc_accepted": self.n_hmc_acc,
-            "n_nonfinite": self.n_nonfinite, "cpu_s": cpu_s,
+            "n_flow_accepted": self.n_flow_acc, "n_hmc_accepted": int(self.n_hmc_acc),
+            "n_nonfinite": self.n_nonfinite,
             **{f"{name}_since_save": v.cpu().clone() for name, v in self.since.items()},
             "weights": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
                         for k, v in self.wacc.state().items()},
         }
 
-    def finish(self, steps_run: int, seconds: float, samples_path: Path, n_rows: int) -> None:
+    def finish(self, steps_run: int, seconds: Seconds, samples_path: Path, n_rows: int) -> None:
         if steps_run <= 0:
             log.info("composite run %s is already complete", self.run_dir)
             return
         flow, hmc = self._acceptances()
         log.info(
-            "composite done: %d sweeps x %d chains in %.1f s (%.1f sweeps/s), flow acceptance "
-            "%.3f, HMC acceptance %.3f, %d non-finite proposals rejected; %d rows in %s",
-            steps_run, self.n_chains, seconds, steps_run / seconds, flow, hmc, self.n_nonfinite,
-            n_rows, samples_path,
+            "composite done: %d sweeps x %d chains in %.1f wall-s (%.1f sweeps/wall-s; %.1f "
+            "device-s on %s, %.1f sweeps/device-s), flow acceptance %.3f, HMC acceptance %.3f, "
+            "%d non-finite proposals rejected; %d rows in %s", steps_run, self.n_chains,
+            seconds.wall_s, steps_run / seconds.wall_s, seconds.device_s, self.device_kind,
+            steps_run / max(seconds.device_s, 1e-9), flow, hmc, self.n_nonfinite, n_rows,
+            samples_path,
         )
         for line in describe(self.wacc.result(chain=True), f"{samples_path}: flow proposals"):
             log.warning("%s", line)

@@ -42,7 +42,8 @@ from lattice_flows.flows.quality import propose
 from lattice_flows.logs import log
 from lattice_flows.metropolis import independence_block
 from lattice_flows.observables import measure
-from lattice_flows.runtime.production import Advance, run_production
+from lattice_flows.runtime.clock import ZERO, Seconds, device_kind
+from lattice_flows.runtime.production import Advance, resumed_seconds, run_production
 from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.theory.phi4 import Phi4Action
 from lattice_flows.weights import WeightAccumulator, as_attrs, describe
@@ -126,7 +127,7 @@ class FlowProducer:
             self.cur = {k: state[k].to(device) for k in ("phi", "action", "log_q", "log_w")}
             self.cur["phi"] = self.cur["phi"].to(self.dtype)
             self.n_acc, self.n_nonfinite = int(state["n_accepted"]), int(state["n_nonfinite"])
-            self.cpu_s = float(state["cpu_s"])
+            self.seconds, self.device_kind = resumed_seconds(state, device)
             if "weights" in state:
                 self.wacc = WeightAccumulator.from_state(state["weights"])
                 self.wacc.resize(total_steps * n_chains)
@@ -137,7 +138,8 @@ class FlowProducer:
             log.info("resuming %s sampling in %s at step %d of %d", mode, self.run_dir, self.step,
                      total_steps)
         else:
-            self.step, self.n_acc, self.n_nonfinite, self.cpu_s = 0, 0, 0, 0.0
+            self.step, self.n_acc, self.n_nonfinite = 0, 0, 0
+            self.seconds, self.device_kind = ZERO, device_kind(device)
             self.wacc = WeightAccumulator(total_steps * n_chains, n_chains)
             self.cur = {
                 "phi": torch.zeros((n_chains, *self.shape), device=device, dtype=self.dtype),
@@ -150,10 +152,10 @@ class FlowProducer:
                 mode, device, self.cfg.dtype, self.shape, self.cfg.action.m2, self.cfg.action.lam,
                 n_chains, total_steps, self.flow_path,
             )
-        # accept flags since the last saved row (save groups can span flow calls)
-        self.pending_acc = torch.zeros(n_chains, dtype=torch.bool, device=device)
+        # accept flags since the last saved row (save groups can span flow calls), on the host
+        self.pending_acc = np.zeros(n_chains, dtype=bool)
         if state is not None and "pending_acc" in state:
-            self.pending_acc = state["pending_acc"].to(device)
+            self.pending_acc = state["pending_acc"].numpy().astype(bool)
 
     def rows_done(self) -> int:
         return self.step // self.save_every
@@ -169,95 +171,103 @@ class FlowProducer:
 
     def advance(self) -> Advance:
         """One flow call: k steps of every chain (accept/reject in float64, or importance draws)
-        and the rows of the steps that complete a save group."""
-        mode, n_chains, shape, device = self.mode, self.n_chains, self.shape, self.device
+        and the rows of the steps that complete a save group.
+
+        Host-device traffic per call: one device->host copy of the log-weights (with the
+        uniforms and the chains' current log w, :func:`~lattice_flows.metropolis.accept_reject`)
+        and one host->device copy of the decisions; the counts, the finiteness check, the weight
+        diagnostics and the save-group flags come from that host copy, and the step numbers of
+        the save groups are host integers. The rows stay on the device
+        (:class:`~lattice_flows.runtime.rows.RowBuffer` copies them once per chunk)."""
+        mode, n_chains, shape = self.mode, self.n_chains, self.shape
         save_every, step, cur = self.save_every, self.step, self.cur
         k = min(self.steps_per_block, self.total - step)
         phi, s, lq, lw = propose(self.flow, self.action, k * n_chains, self.gen, shape)
         if nan_injected("proposal"):  # fault injection (tests only)
             lq[0], lw[0] = float("nan"), float("nan")
-        u = torch.rand((k, n_chains), generator=self.gen, device=device, dtype=torch.float64)
+        u = torch.rand((k, n_chains), generator=self.gen, device=self.device, dtype=torch.float64)
         phi = phi.view(k, n_chains, *shape)
         s, lq, lw = s.view(k, n_chains), lq.view(k, n_chains), lw.view(k, n_chains)
-        self.wacc.add(lw.cpu().numpy())
         if mode == "mcmc":
             block, res = independence_block(cur, {"phi": phi, "action": s, "log_q": lq,
                                                   "log_w": lw}, u)
+            self.wacc.add(res.proposals_log_w_host)
             self.n_nonfinite += res.n_nonfinite
-            accepted = res.accepted
+            accepted = res.accepted_host
             counted = accepted[1:] if step == 0 else accepted  # step 0 only initialises
             self.n_acc += int(counted.sum())
-            self.wacc.add_accepted(accepted.cpu().numpy())
+            self.wacc.add_accepted(accepted)
+            final = res.final_log_w_host
+            if not np.isfinite(final).all():
+                bad = np.flatnonzero(~np.isfinite(final)).tolist()
+                raise SamplingError(
+                    f"{self.flow_path}: the flow produced no finite proposal (log q or the action "
+                    f"is nan/inf) for chains {bad[:8]} in {step + k} steps; nothing was written "
+                    "for them. The flow is broken: retrain it or check sample.flow."
+                )
         else:  # importance sampling: every draw is stored; non-finite ones are flagged
-            accepted = torch.isfinite(lw)
+            lw_host = lw.cpu().numpy()  # the one copy
+            self.wacc.add(lw_host)
+            accepted = np.isfinite(lw_host)
             self.n_nonfinite += int((~accepted).sum())
             block = {"phi": phi, "action": s, "log_q": lq, "log_w": lw}
-        self.cur = cur = {name: v[-1] for name, v in block.items()}
-        if mode == "mcmc" and not bool(torch.isfinite(cur["log_w"]).all()):
-            bad = torch.nonzero(~torch.isfinite(cur["log_w"])).flatten().tolist()
-            raise SamplingError(
-                f"{self.flow_path}: the flow produced no finite proposal (log q or the action is "
-                f"nan/inf) for chains {bad[:8]} in {step + k} steps; nothing was written for "
-                "them. The flow is broken: retrain it or check sample.flow."
-            )
+        self.cur = {name: v[-1] for name, v in block.items()}
         # accepted-since-last-save flags: any acceptance within each save group (groups of
-        # save_every steps; the first one may have begun in an earlier block: pending_acc)
-        steps = torch.arange(step + 1, step + k + 1, device=device)
-        save_at = (steps % save_every == 0).nonzero().flatten()
-        group = torch.div(steps - 1, save_every, rounding_mode="floor")
-        group -= group[0].clone()
-        counts = torch.zeros(int(group[-1]) + 1, n_chains, dtype=torch.int64, device=device)
-        counts.index_add_(0, group, accepted.long())
-        counts[0] += self.pending_acc.long()
+        # save_every steps; the first one may have begun in an earlier block: pending_acc).
+        # Step step + 1 + j (j < k) is in group (step + j) // save_every.
+        group = (step + np.arange(k)) // save_every - step // save_every
+        counts = np.zeros((int(group[-1]) + 1, n_chains), dtype=np.int64)
+        np.add.at(counts, group, accepted)
+        counts[0] += self.pending_acc
         any_acc = counts > 0
-        self.pending_acc = (any_acc[-1] if int(steps[-1]) % save_every
-                            else torch.zeros_like(self.pending_acc))
+        self.pending_acc = (any_acc[-1].copy() if (step + k) % save_every
+                            else np.zeros(n_chains, dtype=bool))
         out = []
-        if save_at.numel():
-            sel = {name: v[save_at] for name, v in block.items()}
-            n_sel = save_at.numel()
+        first = -(step + 1) % save_every  # the first j with step + 1 + j a multiple of save_every
+        if first < k:
+            sel = {name: v[first::save_every].contiguous() for name, v in block.items()}
+            n_sel = sel["log_w"].shape[0]
             obs = measure(sel["phi"].reshape(-1, *shape), self.action, self.cfg.output.store_G)
-            rows = {
-                "configs": sel["phi"].to(torch.float32).cpu().numpy(),
-                "action": sel["action"].cpu().numpy(),
-                "accepted": any_acc[group[save_at]].cpu().numpy(),
-                "log_q": sel["log_q"].cpu().numpy(),
-                "log_w": sel["log_w"].cpu().numpy(),
-            }
-            rows.update({f"observables/{n}": v.reshape(n_sel, n_chains, *v.shape[1:]).cpu().numpy()
+            rows = {"configs": sel["phi"].to(torch.float32), "action": sel["action"],
+                    "log_q": sel["log_q"], "log_w": sel["log_w"]}
+            rows.update({f"observables/{n}": v.reshape(n_sel, n_chains, *v.shape[1:])
                          for n, v in obs.items()})
-            out = [{n: v[j] for n, v in rows.items()} for j in range(n_sel)]
+            acc_rows = any_acc[group[first::save_every]]
+            out = [{"accepted": acc_rows[j], **{n: v[j] for n, v in rows.items()}}
+                   for j in range(n_sel)]
         self.step = step + k
         return Advance(out, n_steps=k, last=self.step >= self.total)
 
     def _acceptance(self) -> float:
         return self.n_acc / max(1, (self.step - 1) * self.n_chains)
 
-    def commit_attrs(self, cpu_s: float) -> dict:
-        done = {"cpu_s": cpu_s, "steps_done": self.step, "n_nonfinite": self.n_nonfinite}
+    def commit_attrs(self) -> dict:
+        done = {"steps_done": self.step, "n_nonfinite": self.n_nonfinite}
         if self.mode == "mcmc":
             done["acceptance"] = self._acceptance()
         done.update(as_attrs(self.wacc.result(chain=self.mode == "mcmc")))
         return done
 
-    def checkpoint(self, cpu_s: float) -> dict:
+    def checkpoint(self) -> dict:
         return {
             "kind": f"flow-{self.mode}", "n_chains": self.n_chains, "step": self.step,
             "rng": self.gen.get_state().clone(),
             **{k: v.detach().cpu().clone() for k, v in self.cur.items()},
-            "n_accepted": self.n_acc, "n_nonfinite": self.n_nonfinite, "cpu_s": cpu_s,
-            "pending_acc": self.pending_acc.cpu().clone(),
+            "n_accepted": self.n_acc, "n_nonfinite": self.n_nonfinite,
+            "pending_acc": torch.from_numpy(self.pending_acc.copy()),
             "weights": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
                         for k, v in self.wacc.state().items()},
         }
 
-    def finish(self, steps_run: int, seconds: float, samples_path: Path, n_rows: int) -> None:
+    def finish(self, steps_run: int, seconds: Seconds, samples_path: Path, n_rows: int) -> None:
         mode = self.mode
         if steps_run > 0:
+            n_prop = steps_run * self.n_chains
             log.info(
-                "flow %s done: %d steps x %d chains in %.1f s (%.0f proposals/s)%s; %d non-finite "
-                "proposals rejected; %s", mode, steps_run, self.n_chains, seconds,
-                steps_run * self.n_chains / seconds,
+                "flow %s done: %d steps x %d chains in %.1f wall-s (%.0f proposals/wall-s; %.1f "
+                "device-s on %s, %.0f proposals/device-s)%s; %d non-finite proposals rejected; "
+                "%s", mode, steps_run, self.n_chains, seconds.wall_s, n_prop / seconds.wall_s,
+                seconds.device_s, self.device_kind, n_prop / max(seconds.device_s, 1e-9),
                 f", acceptance {self._acceptance():.3f}" if mode == "mcmc" else "",
                 self.n_nonfinite, samples_path,
             )

@@ -19,7 +19,13 @@ float64.
 The number of integration steps is jittered per trajectory, uniform in
 [(1 - jitter) n_steps, (1 + jitter) n_steps] (docs/conventions.md, "Practical notes": a fixed
 trajectory length resonates with free-field modes). The jitter is drawn independently of the
-state, so every trajectory is a valid Metropolis step. The step size is tuned only during
+state, so every trajectory is a valid Metropolis step. The integer count must be known on the
+host (it is the loop count of the integrator), so it is drawn from a host (CPU) generator: the
+chains' own generator when they run on the CPU (no synchronisation, the stream of earlier
+versions), else :attr:`HMC.step_generator`, a CPU generator seeded from the chains' generator's
+seed (stream :data:`STEP_STREAM`), whose state goes into every checkpoint
+(:func:`~lattice_flows.mcmc.hmc_tuning.frozen_settings`): drawing it from the GPU's generator would
+cost a device->host synchronisation per trajectory. The step size is tuned only during
 thermalisation, by dual averaging (Hoffman & Gelman 2014, arXiv:1111.4246, Alg. 5) toward a
 target acceptance, and then frozen; the whole tuning protocol (eps, the trajectory length, the
 FA mass) is :mod:`lattice_flows.mcmc.hmc_tuning`.
@@ -32,9 +38,12 @@ from dataclasses import dataclass
 
 import torch
 
+from lattice_flows.runtime.seeds import derive_seed
 from lattice_flows.theory.phi4 import Phi4Action
 
 OMELYAN_LAMBDA = 0.1931833275037836
+#: stream id (after the chains' seed) of the host generator of the step counts on a GPU
+STEP_STREAM = 1
 
 
 @dataclass
@@ -83,6 +92,9 @@ class HMC:
         generator: the torch Generator of the chains (on the chains' device).
         mass: None (unit mass) or the FA eigenvalues M(p) > 0 on the rfft half grid of the
             lattice (float64), e.g. :func:`~lattice_flows.mcmc.fourier_mass.free_mass`.
+        step_generator: a CPU generator for the jittered step counts; default: none when
+            ``generator`` is on the CPU (it draws them), else one seeded from ``generator``'s
+            seed (see the module docstring).
     """
 
     def __init__(
@@ -95,6 +107,7 @@ class HMC:
         generator: torch.Generator | None = None,
         *,
         mass: torch.Tensor | None = None,
+        step_generator: torch.Generator | None = None,
     ) -> None:
         if integrator not in ("leapfrog", "omelyan"):
             raise ValueError(f"unknown integrator {integrator!r}")
@@ -104,6 +117,13 @@ class HMC:
         self.integrator = integrator
         self.jitter = float(jitter)
         self.generator = generator
+        if step_generator is None and generator is not None and generator.device.type != "cpu":
+            step_generator = torch.Generator().manual_seed(
+                derive_seed(generator.initial_seed(), STEP_STREAM))
+        if step_generator is not None and step_generator.device.type != "cpu":
+            raise ValueError("HMC step_generator must be a CPU generator (the step counts are "
+                             f"host integers), got one on {step_generator.device}")
+        self.step_generator = step_generator
         self.mass = None
         self.set_mass(mass)
 
@@ -180,13 +200,16 @@ class HMC:
         return phi, pi
 
     def draw_n_steps(self) -> int:
-        """Number of steps of the next trajectory, uniform in [(1-j) n, (1+j) n]."""
+        """Number of steps of the next trajectory, uniform in [(1-j) n, (1+j) n], drawn on the
+        host (no device synchronisation): from :attr:`step_generator`, or the chains' generator
+        when they are on the CPU."""
         if self.jitter == 0.0:
             return self.n_steps
         lo = max(1, int(round((1 - self.jitter) * self.n_steps)))
         hi = max(lo, int(round((1 + self.jitter) * self.n_steps)))
-        dev = self.generator.device if self.generator is not None else "cpu"
-        return int(torch.randint(lo, hi + 1, (1,), generator=self.generator, device=dev).item())
+        gen = self.step_generator if self.step_generator is not None else self.generator
+        dev = gen.device if gen is not None else "cpu"
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen, device=dev).item())
 
     @torch.no_grad()
     def step(self, phi: torch.Tensor, step_size: float | None = None):

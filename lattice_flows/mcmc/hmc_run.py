@@ -22,7 +22,8 @@ from lattice_flows.mcmc.hmc_plan import check_eps_tuning, check_plan, hmc_from_c
 from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE, hmc_checkpoint, thermalise
 from lattice_flows.mcmc.hmc_tuning import frozen_settings, restore_frozen
 from lattice_flows.observables import measure
-from lattice_flows.runtime.production import Advance, run_production
+from lattice_flows.runtime.clock import Seconds, device_kind
+from lattice_flows.runtime.production import Advance, clock_fields, resumed_seconds, run_production
 from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.theory.phi4 import Phi4Action
 
@@ -59,7 +60,12 @@ def run_hmc(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tru
 class HMCProducer:
     """HMC chains for :func:`~lattice_flows.runtime.production.run_production`: thermalise
     (tune eps) on a fresh start, then one trajectory per :meth:`advance`, a row every
-    ``hmc.save_every`` trajectories (``accepted``: any acceptance since the last row)."""
+    ``hmc.save_every`` trajectories (``accepted``: any acceptance since the last row).
+
+    No host synchronisation per trajectory: the step count is drawn on the host
+    (:meth:`~lattice_flows.mcmc.hmc.HMC.draw_n_steps`), the acceptance counts stay on the device
+    (read at the commit points and for the progress postfix), and the rows are device tensors,
+    copied to the host once per chunk (:class:`~lattice_flows.runtime.rows.RowBuffer`)."""
 
     kind = "hmc"
 
@@ -77,7 +83,7 @@ class HMCProducer:
         self.hmc = hmc_from_config(cfg, self.action, tuple(cfg.lattice.shape), self.gen,
                                    self.device, self.dtype)
         self.frozen: dict = {}  # mu^2 and the length scan of the thermalisation (checkpointed)
-        self.therm_cpu_s: float | None = None  # CPU-s of thermalisation and tuning
+        self.therm: Seconds | None = None  # clocks of thermalisation and tuning
         self.acc_since_save = torch.zeros(h.n_chains, dtype=torch.bool, device=self.device)
         self.acc_per_chain = torch.zeros(h.n_chains, dtype=torch.int64, device=self.device)
 
@@ -86,25 +92,39 @@ class HMCProducer:
         if state is not None:
             _check_checkpoint(state, ckpt_path, self.cfg)
         if state is None or state.get("phase") == THERM_PHASE:
-            self.phi, self.cpu_s = thermalise(self.cfg, self.hmc, self.gen, self.device,
-                                              self.dtype, state, ckpt_path, self.run_dir,
-                                              self.show, self.frozen)
-            self.step, self.n_acc, self.n_tried = 0, 0, 0
-            self.therm_cpu_s = self.cpu_s
-            save_checkpoint(self.checkpoint(self.cpu_s), ckpt_path)
+            self.device_kind = (device_kind(self.device) if state is None
+                                else resumed_seconds(state, self.device)[1])
+            self.phi, self.seconds = thermalise(self.cfg, self.hmc, self.gen, self.device,
+                                                self.dtype, state, ckpt_path, self.run_dir,
+                                                self.show, self.frozen)
+            self.step, self.n_tried = 0, 0
+            self.n_acc = torch.zeros((), dtype=torch.int64, device=self.device)
+            self.therm = self.seconds
+            save_checkpoint({**self.checkpoint(), **clock_fields(self.seconds, self.device_kind)},
+                            ckpt_path)
         else:
             self.phi = state["phi"].to(device=self.device, dtype=self.dtype)
             self.gen.set_state(state["rng"])
             restore_frozen(self.hmc, state, self.device)
             self.frozen = {k: state[k] for k in ("fa_mu2", "trajectory_scan") if k in state}
             self.step = int(state["traj"])
-            self.n_acc, self.n_tried = int(state["n_accepted"]), int(state["n_tried"])
-            self.cpu_s = float(state.get("cpu_s", 0.0))
-            self.therm_cpu_s = state.get("therm_cpu_s")  # None: a checkpoint of an older version
+            self.n_acc = torch.tensor(int(state["n_accepted"]), device=self.device)
+            self.n_tried = int(state["n_tried"])
+            self.seconds, self.device_kind = resumed_seconds(state, self.device)
+            # None: a checkpoint of an older version (no thermalisation clocks)
+            self.therm = (resumed_seconds(state, self.device, "therm_")[0]
+                          if "therm_cpu_s" in state else None)
             log.info("resuming %s at trajectory %d of %d", self.run_dir, self.step, h.n_traj)
 
     def rows_done(self) -> int:
         return self.step // self.h.save_every
+
+    def _therm_fields(self) -> dict:
+        """``therm_cpu_s``, ``therm_wall_s``, ``therm_device_s``: thermalisation and tuning,
+        included in the run's clocks."""
+        if self.therm is None:
+            return {}
+        return {f"therm_{k}": v for k, v in self.therm.as_dict().items()}
 
     def file_attrs(self) -> dict:
         h = self.h
@@ -112,8 +132,7 @@ class HMCProducer:
                "n_steps": self.hmc.n_steps,
                "trajectory_length": self.hmc.step_size * self.hmc.n_steps,
                "fourier_acceleration": h.fourier_acceleration}
-        if self.therm_cpu_s is not None:  # thermalisation and tuning, included in cpu_s
-            out["therm_cpu_s"] = float(self.therm_cpu_s)
+        out.update(self._therm_fields())
         if h.fourier_acceleration:
             out["fa_kernel"] = h.fa_kernel
             out["fa_mass"] = self.hmc.mass.cpu().numpy()
@@ -129,48 +148,49 @@ class HMCProducer:
         return {}
 
     def advance(self) -> Advance:
-        """One trajectory; a row when it completes a group of ``hmc.save_every``."""
+        """One trajectory; a row (device tensors) when it completes a group of
+        ``hmc.save_every``."""
         self.phi, acc, _, s_new = self.hmc.step(self.phi)
         self.step += 1
-        self.n_acc += int(acc.sum())
+        self.n_acc += acc.sum()
         self.n_tried += acc.numel()
         self.acc_since_save |= acc
         self.acc_per_chain += acc
         if self.step % self.h.save_every:
             return Advance(can_commit=False)
         obs = measure(self.phi, self.action, self.cfg.output.store_G)
-        row = {
-            "configs": self.phi.detach().to(torch.float32).cpu().numpy(),
-            "action": s_new.cpu().numpy(),
-            "accepted": self.acc_since_save.cpu().numpy(),
-        }
-        row.update({f"observables/{k}": v.cpu().numpy() for k, v in obs.items()})
-        self.acc_since_save = torch.zeros_like(self.acc_since_save)
+        row = {"configs": self.phi.detach().to(torch.float32, copy=True), "action": s_new,
+               "accepted": self.acc_since_save}
+        row.update({f"observables/{k}": v for k, v in obs.items()})
+        self.acc_since_save = torch.zeros_like(self.acc_since_save)  # the row keeps the old one
         return Advance([row], last=self.step // self.h.save_every == self.n_rows_total)
 
+    def _acceptance(self) -> float:
+        return int(self.n_acc) / max(1, self.n_tried)
+
     def postfix(self) -> dict | None:
-        return {"acc": f"{self.n_acc / self.n_tried:.3f}"} if self.n_tried else None
+        return {"acc": f"{self._acceptance():.3f}"} if self.n_tried else None
 
-    def commit_attrs(self, cpu_s: float) -> dict:
-        return {"cpu_s": cpu_s, "n_traj_done": self.step,
-                "acceptance": self.n_acc / max(1, self.n_tried)}
+    def commit_attrs(self) -> dict:
+        return {"n_traj_done": self.step, "acceptance": self._acceptance()}
 
-    def checkpoint(self, cpu_s: float) -> dict:
-        ckpt = hmc_checkpoint(self.phi, self.gen, self.hmc.step_size, self.step, self.n_acc,
-                              self.n_tried, cpu_s)
+    def checkpoint(self) -> dict:
+        ckpt = hmc_checkpoint(self.phi, self.gen, self.hmc.step_size, self.step, int(self.n_acc),
+                              self.n_tried)
         ckpt.update(frozen_settings(self.hmc, None))
         ckpt.update(self.frozen)
-        if self.therm_cpu_s is not None:
-            ckpt["therm_cpu_s"] = float(self.therm_cpu_s)
+        ckpt.update(self._therm_fields())
         return ckpt
 
-    def finish(self, steps_run: int, seconds: float, samples_path: Path, n_rows: int) -> None:
+    def finish(self, steps_run: int, seconds: Seconds, samples_path: Path, n_rows: int) -> None:
         _warn_stuck_chains(self.acc_per_chain.cpu(), steps_run)
         if steps_run > 0:
             log.info(
-                "HMC done: %d trajectories in %.1f s (%.1f traj/s), acceptance %.3f, %d rows in %s",
-                steps_run, seconds, steps_run / seconds, self.n_acc / max(1, self.n_tried),
-                n_rows, samples_path,
+                "HMC done: %d trajectories in %.1f wall-s (%.1f traj/wall-s; %.1f device-s on "
+                "%s, %.1f traj/device-s), acceptance %.3f, %d rows in %s", steps_run,
+                seconds.wall_s, steps_run / seconds.wall_s, seconds.device_s, self.device_kind,
+                steps_run / max(seconds.device_s, 1e-9), self._acceptance(), n_rows,
+                samples_path,
             )
         else:
             log.info("HMC run %s is already complete (%d trajectories)", self.run_dir, self.step)

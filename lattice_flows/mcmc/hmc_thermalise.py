@@ -10,7 +10,6 @@ thermalisation equals an uninterrupted one.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +23,8 @@ from lattice_flows.mcmc.hmc_tuning import (
     finish_without_thermalisation, frozen_settings, new_state, restore_frozen, tuning_step,
 )
 from lattice_flows.progress import progress_bar
+from lattice_flows.runtime.clock import ZERO, Clock, Seconds, device_kind
+from lattice_flows.runtime.production import clock_fields, resumed_seconds
 from lattice_flows.signals import StopRequested, stop_requested
 
 COLD_START_WIDTH = 0.1
@@ -34,12 +35,13 @@ THERM_PHASE = -1
 
 def thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state: dict | None,
                ckpt_path: Path, run_dir: Path, show: bool,
-               frozen: dict | None = None) -> tuple[torch.Tensor, float]:
+               frozen: dict | None = None) -> tuple[torch.Tensor, Seconds]:
     """Thermalise and tune (the protocol of :mod:`lattice_flows.mcmc.hmc_tuning`: eps when
     ``hmc.step_size`` is 'auto', the FA mass, the trajectory length), from a near-cold start or
     from a thermalisation checkpoint ``state``; a stop request checkpoints the chains, RNG, the
     tuning state and what was frozen so far (phase :data:`THERM_PHASE`), so that the resumed
-    thermalisation equals an uninterrupted one. Returns the chains and the CPU-s used so far;
+    thermalisation equals an uninterrupted one. Returns the chains and the clocks (CPU-, wall-,
+    device-s, :mod:`lattice_flows.runtime.clock`) used so far, earlier processes included;
     ``hmc`` is left with the frozen eps, n_steps and mass. ``frozen`` (a dict) receives what
     the production checkpoints and file attrs need besides ``hmc`` (mu^2, the length scan)."""
     h = cfg.hmc
@@ -51,7 +53,7 @@ def thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state
             (h.n_chains, *cfg.lattice.shape), generator=gen, device=device, dtype=dtype
         )
         prepare_hmc(plan, hmc, device)  # a no-op after hmc_from_config
-        tuning, cpu_before = new_state(plan, hmc), 0.0
+        tuning, before, kind = new_state(plan, hmc), ZERO, device_kind(device)
         log.info(
             "HMC on %s (%s): lattice %s, m2=%g lam=%g, %d chains, %d therm + %d traj%s",
             device, h.dtype, cfg.lattice.shape, cfg.action.m2, cfg.action.lam, h.n_chains,
@@ -66,7 +68,7 @@ def thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state
         phi = state["phi"].to(device=device, dtype=dtype)
         gen.set_state(state["rng"])
         restore_frozen(hmc, state, device)
-        cpu_before = float(state["cpu_s"])
+        before, kind = resumed_seconds(state, device)
         tuning = state.get("tuning")
         if tuning is None:  # a checkpoint from before hmc_tuning: the tune segment only
             tuning = new_state(plan, hmc)
@@ -75,7 +77,7 @@ def thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state
                   for k, v in tuning.items()}
         log.info("resuming the thermalisation of %s at trajectory %d of %d", run_dir,
                  tuning["done"], h.n_therm)
-    cpu0 = time.process_time()
+    clock = Clock(device, base=before)
     bar = progress_bar(total=h.n_therm, initial=tuning["done"], desc="thermalise", enabled=show)
     if h.n_therm == 0:
         finish_without_thermalisation(plan, hmc)
@@ -85,7 +87,8 @@ def thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state
         signum = stop_requested()
         if signum:
             bar.close()
-            ckpt = hmc_checkpoint(phi, gen, hmc.step_size, 0, 0, 0, cpu_before + time.process_time() - cpu0)
+            ckpt = hmc_checkpoint(phi, gen, hmc.step_size, 0, 0, 0)
+            ckpt.update(clock_fields(clock.read(), kind))
             ckpt.update(frozen_settings(hmc, tuning))
             ckpt["phase"] = THERM_PHASE
             ckpt["therm_done"] = tuning["done"]
@@ -99,13 +102,14 @@ def thermalise(cfg: Config, hmc: HMC, gen: torch.Generator, device, dtype, state
     if frozen is not None:
         settings = frozen_settings(hmc, tuning)
         frozen.update({k: settings[k] for k in ("fa_mu2", "trajectory_scan") if k in settings})
-    return phi, cpu_before + time.process_time() - cpu0
+    return phi, clock.read()
 
 
 def hmc_checkpoint(phi: torch.Tensor, gen: torch.Generator, step_size: float, traj: int,
-                   n_acc: int, n_tried: int, cpu_s: float) -> dict:
+                   n_acc: int, n_tried: int) -> dict:
     """The fields every HMC checkpoint has (kind ``hmc``, the chains in their dtype, the RNG,
-    eps, trajectories done, acceptance counts, CPU-s); callers add what was frozen."""
+    eps, trajectories done, acceptance counts); callers add what was frozen and the clocks
+    (:func:`~lattice_flows.runtime.production.clock_fields`)."""
     return {
         "kind": "hmc",
         "dtype": str(phi.dtype).replace("torch.", ""),
@@ -115,5 +119,4 @@ def hmc_checkpoint(phi: torch.Tensor, gen: torch.Generator, step_size: float, tr
         "traj": int(traj),
         "n_accepted": int(n_acc),
         "n_tried": int(n_tried),
-        "cpu_s": float(cpu_s),
     }

@@ -223,9 +223,13 @@ def run_tuning(plan: TuningPlan, hmc: HMC, phi: torch.Tensor, state: dict | None
 
 
 def frozen_settings(hmc: HMC, state: dict | None) -> dict[str, Any]:
-    """What thermalisation froze, for the checkpoint and the sample file attrs."""
+    """What thermalisation froze, for the checkpoint and the sample file attrs; with a host
+    generator of the step counts (:attr:`~lattice_flows.mcmc.hmc.HMC.step_generator`, chains on
+    a GPU) also its state, ``step_rng`` (checkpoints only)."""
     out: dict[str, Any] = {"step_size": float(hmc.step_size), "n_steps": int(hmc.n_steps),
                            "trajectory_length": float(hmc.step_size * hmc.n_steps)}
+    if hmc.step_generator is not None:
+        out["step_rng"] = hmc.step_generator.get_state().clone()
     if hmc.mass is not None:
         out["fa_mass"] = hmc.mass.detach().cpu().clone()
     if state is not None and state.get("mu2") is not None:
@@ -237,8 +241,12 @@ def frozen_settings(hmc: HMC, state: dict | None) -> dict[str, Any]:
 
 def restore_frozen(hmc: HMC, state: dict[str, Any], device=None) -> None:
     """The inverse of :func:`frozen_settings`: eps, n_steps and the FA mass from a checkpoint
-    ``state`` (checkpoints from before this module: eps only; no ``fa_mass``: unit mass)."""
+    ``state`` (checkpoints from before this module: eps only; no ``fa_mass``: unit mass), and
+    the step-count generator's state where both the checkpoint and ``hmc`` have one (a
+    checkpoint written on the CPU has none: a GPU resume continues from the generator's seed)."""
     hmc.step_size = float(state["step_size"])
+    if hmc.step_generator is not None and "step_rng" in state:
+        hmc.step_generator.set_state(state["step_rng"])
     if "n_steps" in state:
         hmc.n_steps = int(state["n_steps"])
     mass = state.get("fa_mass")

@@ -19,19 +19,33 @@ rest, the same for every sampler:
 5. at the end :meth:`Producer.finish` logs the summary; with several MPI ranks rank 0 writes the
    merged view (:func:`~lattice_flows.runtime.ranks.finish_parallel`).
 
-CPU seconds: the producer's ``cpu_s`` (used before this process's loop: earlier runs, HMC
-thermalisation) plus this loop's process time, passed to the commit attributes and checkpoint.
+Clocks (:mod:`lattice_flows.runtime.clock`): the producer's ``seconds`` (CPU-, wall- and
+device-seconds used before this process's loop: earlier processes of the run, HMC thermalisation)
+plus this loop's, read at the commit points only (on CUDA a reading waits for the queued work).
+Every commit writes them as the attributes ``cpu_s``, ``wall_s``, ``device_s`` and
+``device_kind`` (:func:`clock_fields`), and every checkpoint carries the same four entries. A
+checkpoint of an older version has ``cpu_s`` only (:func:`resumed_seconds`): those versions ran
+on the CPU, where device-s are CPU-s by definition, so ``device_s`` starts from its ``cpu_s`` and
+``device_kind`` is ``cpu``; the elapsed time was not recorded and ``wall_s`` starts from the
+``cpu_s`` as well (the same figure for the single-threaded runs of this package, an estimate
+otherwise). A run resumed on another kind of device records ``device_kind`` as
+``<old>+<new>``: its device-seconds mix two currencies.
+
+The progress-bar postfix (acceptance) is refreshed at most every :data:`POSTFIX_EVERY_S`
+wall-seconds, not per step: reading a count held on the device is a host synchronisation.
 Resume rule and file layout: docs/conventions.md and :mod:`lattice_flows.runtime.resume`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
+import torch
 
 from lattice_flows.config import Config
 from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
@@ -41,11 +55,38 @@ from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.observables import observable_specs
 from lattice_flows.progress import progress_bar
 from lattice_flows.runtime.ranks import finish_parallel, production_paths
+from lattice_flows.runtime.clock import CLOCKS, Clock, Seconds, device_kind
 from lattice_flows.runtime.resume import check_resumable
 from lattice_flows.runtime.rows import RowBuffer
 from lattice_flows.signals import StopRequested, stop_requested
 
-Row = dict[str, np.ndarray]
+#: a row: numpy arrays or tensors on the chains' device (:class:`~lattice_flows.runtime.rows.RowBuffer`)
+Row = dict[str, "np.ndarray | torch.Tensor"]
+#: wall-seconds between two refreshes of the progress-bar postfix
+POSTFIX_EVERY_S = 1.0
+
+
+def clock_fields(seconds: Seconds, kind: str) -> dict[str, Any]:
+    """The clock entries of commit attributes and checkpoints: ``cpu_s``, ``wall_s``,
+    ``device_s`` (:class:`~lattice_flows.runtime.clock.Seconds`) and ``device_kind``."""
+    return {**seconds.as_dict(), "device_kind": kind}
+
+
+def resumed_seconds(state: dict[str, Any], device: torch.device | str,
+                    prefix: str = "") -> tuple[Seconds, str]:
+    """The clocks ``<prefix>cpu_s``, ``<prefix>wall_s``, ``<prefix>device_s`` of a checkpoint
+    and the device kind they were spent on, combined with ``device``'s kind (``<old>+<new>``
+    when they differ). A checkpoint of an older version has ``cpu_s`` only: the missing clocks
+    start from it and the kind is ``cpu`` (see the module docstring)."""
+    cpu = float(state.get(f"{prefix}cpu_s", 0.0))
+    seconds = Seconds(*(float(state.get(f"{prefix}{k}", cpu)) for k in CLOCKS))
+    return seconds, combined_kind(state.get("device_kind", "cpu"), device_kind(device))
+
+
+def combined_kind(old: str, new: str) -> str:
+    """The device kind of seconds spent on ``old`` and then ``new`` (``old+new`` if they
+    differ and ``new`` is not among them yet)."""
+    return old if new in old.split("+") else f"{old}+{new}"
 
 
 @dataclass
@@ -73,8 +114,12 @@ class Producer(Protocol):
     #: steps of the whole run and steps done (the loop runs while ``step < total``)
     total: int
     step: int
-    #: CPU seconds used before this process's production loop
-    cpu_s: float
+    #: the chains' device (the device-seconds are those of this device)
+    device: torch.device
+    #: the clocks used before this process's production loop (set by :meth:`start`) and the
+    #: device kind they were spent on (:func:`resumed_seconds`)
+    seconds: Seconds
+    device_kind: str
 
     def start(self, state: dict[str, Any] | None, ckpt_path: Path) -> None:
         """Start fresh (``state`` None) or resume from the checkpoint ``state`` (refuse one that
@@ -95,14 +140,16 @@ class Producer(Protocol):
     def postfix(self) -> dict[str, str] | None:
         """Progress-bar postfix after an advance, or None."""
 
-    def commit_attrs(self, cpu_s: float) -> dict[str, Any]:
-        """Run attributes written with each commit (``cpu_s``: CPU seconds so far)."""
+    def commit_attrs(self) -> dict[str, Any]:
+        """Run attributes written with each commit (the driver adds the clocks,
+        :func:`clock_fields`)."""
 
-    def checkpoint(self, cpu_s: float) -> dict[str, Any]:
-        """The checkpoint written after each commit."""
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint written after each commit (the driver adds the clocks)."""
 
-    def finish(self, steps_run: int, seconds: float, samples_path: Path, n_rows: int) -> None:
-        """Log the summary of this process's part (``steps_run`` 0: the run was complete)."""
+    def finish(self, steps_run: int, seconds: Seconds, samples_path: Path, n_rows: int) -> None:
+        """Log the summary of this process's part (``steps_run`` 0: the run was complete;
+        ``seconds``: this process's loop, each clock named in the log)."""
 
 
 def run_production(
@@ -147,7 +194,8 @@ def _produce(producer: Producer, cfg: Config, run_dir: Path, world, base: str, s
     writer.truncate(producer.rows_done())  # rows written after the last checkpoint are regenerated
 
     buf = RowBuffer()
-    t0, cpu0, start = time.perf_counter(), time.process_time(), producer.step
+    clock, start = Clock(producer.device, base=producer.seconds), producer.step
+    t_postfix = -math.inf
     bar = progress_bar(total=producer.total, initial=start, desc=desc,
                        enabled=progress and rank == 0)
     while producer.step < producer.total:
@@ -155,7 +203,8 @@ def _produce(producer: Producer, cfg: Config, run_dir: Path, world, base: str, s
         for row in adv.rows:
             buf.add(row)
         bar.update(adv.n_steps)
-        if bar.enabled:
+        if bar.enabled and time.perf_counter() - t_postfix >= POSTFIX_EVERY_S:
+            t_postfix = time.perf_counter()
             postfix = producer.postfix()
             if postfix:
                 bar.set_postfix(**postfix)
@@ -163,13 +212,14 @@ def _produce(producer: Producer, cfg: Config, run_dir: Path, world, base: str, s
             continue
         stop = stop_requested()
         if buf.n >= cfg.output.chunk_rows or (adv.last and buf.n) or stop:
-            cpu_now = producer.cpu_s + (time.process_time() - cpu0)
-            writer.append(buf.take(), attrs=producer.commit_attrs(cpu_now))  # one commit
-            save_checkpoint(producer.checkpoint(cpu_now), ckpt_path)
+            now = clock_fields(clock.read(), producer.device_kind)
+            writer.append(buf.take(), attrs={**producer.commit_attrs(), **now})  # one commit
+            save_checkpoint({**producer.checkpoint(), **now}, ckpt_path)
             if stop:
                 bar.close()
                 raise StopRequested(stop, str(samples_path))
     bar.close()
-    producer.finish(producer.step - start, time.perf_counter() - t0, samples_path, writer.n_saved())
+    end = clock.read()
+    ran = Seconds(*(getattr(end, k) - getattr(producer.seconds, k) for k in CLOCKS))
+    producer.finish(producer.step - start, ran, samples_path, writer.n_saved())
     return samples_path
-

@@ -18,7 +18,8 @@ from lattice_flows.config import config_from_dict
 from lattice_flows.io.checkpoint import load_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.observables import measure
-from lattice_flows.runtime.production import Advance, run_production
+from lattice_flows.runtime.clock import ZERO, Seconds
+from lattice_flows.runtime.production import Advance, resumed_seconds, run_production
 from lattice_flows.signals import StopRequested, graceful_stop
 from lattice_flows.theory.phi4 import Phi4Action
 from tests.conftest import assert_same_samples, check_run_folder, tiny_hmc_raw
@@ -31,6 +32,7 @@ class Walk:
     """phi <- phi + 0.1 N(0, 1) per step; ``stop_at``: send SIGTERM to this process in that step."""
 
     kind = "walk"
+    device = torch.device("cpu")
 
     def __init__(self, cfg, stop_at: int | None = None) -> None:
         self.cfg, self.stop_at = cfg, stop_at
@@ -41,10 +43,11 @@ class Walk:
 
     def start(self, state, ckpt_path: Path) -> None:
         if state is None:
-            self.step, self.cpu_s = 0, 0.0
+            self.step, self.seconds, self.device_kind = 0, ZERO, "cpu"
             self.phi = torch.zeros((self.n_chains, *self.cfg.lattice.shape), dtype=torch.float64)
         else:
-            self.step, self.cpu_s, self.phi = state["step"], state["cpu_s"], state["phi"]
+            self.step, self.phi = state["step"], state["phi"]
+            self.seconds, self.device_kind = resumed_seconds(state, self.device)
             self.gen.set_state(state["rng"])
 
     def rows_done(self) -> int:
@@ -74,15 +77,16 @@ class Walk:
     def postfix(self) -> dict | None:
         return None
 
-    def commit_attrs(self, cpu_s: float) -> dict:
-        return {"cpu_s": cpu_s, "steps_done": self.step}
+    def commit_attrs(self) -> dict:
+        return {"steps_done": self.step}
 
-    def checkpoint(self, cpu_s: float) -> dict:
-        return {"kind": "walk", "step": self.step, "phi": self.phi.clone(), "cpu_s": cpu_s,
+    def checkpoint(self) -> dict:
+        return {"kind": "walk", "step": self.step, "phi": self.phi.clone(),
                 "rng": self.gen.get_state().clone()}
 
-    def finish(self, steps_run: int, seconds: float, samples_path: Path, n_rows: int) -> None:
+    def finish(self, steps_run: int, seconds: Seconds, samples_path: Path, n_rows: int) -> None:
         self.finished = (steps_run, n_rows)
+        self.ran = seconds
 
 
 def _run(run_dir: Path, producer: Walk) -> Path:
