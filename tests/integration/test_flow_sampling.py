@@ -163,3 +163,44 @@ def test_sample_without_flow_is_refused(tmp_path, capsys):
     assert main(["sample", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "flow.pt" in err and "lattice-flows train" in err
+
+
+def _untrained_flow(tmp_path: Path, shape=(4, 4)) -> Path:
+    from lattice_flows.flows.flow import build_flow
+    from lattice_flows.flows.flowfile import flow_state
+    from lattice_flows.io.checkpoint import save_checkpoint
+
+    cfg = config_from_dict(raw_cfg(tmp_path / "flow", shape=shape))
+    torch.manual_seed(0)
+    path = tmp_path / "flow.pt"
+    save_checkpoint(flow_state(build_flow(cfg.flow, shape, FREE["m2"]), cfg), path)
+    return path
+
+
+def test_save_groups_across_flow_calls_and_an_extension(tmp_path):
+    """Save groups are host bookkeeping (lattice_flows/mcmc/flow_run.py): with save_every 4 and
+    5 steps per flow call, groups span calls. Oracle: the same chain saved every step (the
+    proposals and uniforms do not depend on save_every): every 4th row of it, and ``accepted``
+    the OR of the group's flags; a run extended from 30 steps (a group open across the
+    checkpoint) ends equal to the uninterrupted one."""
+    flow_pt = _untrained_flow(tmp_path)
+
+    def run(name: str, save_every: int, n_samples: int) -> SampleFile:
+        raw = raw_cfg(tmp_path / name, shape=(4, 4), sample={
+            "n_chains": 8, "n_samples": n_samples, "batch_size": 40, "save_every": save_every,
+            "flow": str(flow_pt)}, output={"chunk_rows": 3})
+        return SampleFile(run_sample(config_from_dict(raw), progress=False))
+
+    every, grouped = run("every", 1, 60), run("grouped", 4, 60)
+    assert grouped.n_saved == 15
+    for get in (lambda s: s.configs(), lambda s: s.action(), lambda s: s.extra("log_w"),
+                lambda s: s.extra("log_q"), lambda s: s.observable("M")):
+        np.testing.assert_array_equal(get(grouped), get(every)[3::4])
+    acc = every.accepted().reshape(15, 4, 8)
+    np.testing.assert_array_equal(grouped.accepted(), acc.any(axis=1))
+    assert 0 < acc.mean() < 1 and not acc.any(axis=1).all()  # both outcomes: not vacuous
+    run("ext", 4, 30)
+    from tests.conftest import assert_same_samples
+
+    run("ext", 4, 60)
+    assert_same_samples(tmp_path / "grouped" / "samples.h5", tmp_path / "ext" / "samples.h5")

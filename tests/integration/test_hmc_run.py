@@ -186,3 +186,55 @@ def test_info_verify_detects_damage(tmp_path, tiny_hmc_config, capsys):
     assert main(["info", "--verify", str(path)]) == 1
     out = capsys.readouterr().out
     assert "checksum mismatch" in out and str(path) in out
+
+
+def _run_with_step_generator(raw: dict) -> Path:
+    """The HMC production of ``raw`` with a host step generator, as on a GPU (lattice_flows/
+    mcmc/hmc.py: the jittered step counts come from a CPU generator checkpointed as step_rng)."""
+    import torch
+
+    from lattice_flows.config import config_from_dict
+    from lattice_flows.mcmc.hmc_run import HMCProducer
+    from lattice_flows.runtime.production import run_production
+
+    cfg = config_from_dict(raw)
+    run_dir = Path(raw["output"]["dir"])
+
+    def make():
+        producer = HMCProducer(cfg, run_dir, False, None)
+        producer.hmc.step_generator = torch.Generator().manual_seed(123)
+        return producer
+
+    return run_production(make, cfg, run_dir, None, base="hmc", stage="hmc", lock_name=".lock",
+                          desc="hmc", progress=False)
+
+
+def test_the_step_generator_state_is_checkpointed_and_an_extension_equals_a_longer_run(tmp_path):
+    """Without step_rng in the checkpoint the extension would redraw the step counts of the
+    generator's start, and its trajectories would differ from the longer run's."""
+    from lattice_flows.io.checkpoint import load_checkpoint
+
+    long = _run_with_step_generator(tiny_hmc_raw(tmp_path / "long", n_traj=80))
+    _run_with_step_generator(tiny_hmc_raw(tmp_path / "ext", n_traj=40))
+    assert "step_rng" in load_checkpoint(tmp_path / "ext" / "hmc.ckpt")
+    ext = _run_with_step_generator(tiny_hmc_raw(tmp_path / "ext", n_traj=80))
+    _assert_equal_files(long, ext)
+    # the chains' generator no longer draws the counts: another chain than the plain run's
+    main(["hmc", str(write_config(tmp_path / "plain.yaml", tiny_hmc_raw(tmp_path / "plain"))),
+          "--no-progress"])
+    assert not np.array_equal(SampleFile(ext).action()[:30], SampleFile(tmp_path / "plain" / "hmc.h5").action())
+
+
+def test_hmc_files_carry_the_three_clocks_of_the_run_and_of_its_thermalisation(tmp_path, tiny_hmc_config):
+    """cpu_s, wall_s, device_s, device_kind and therm_cpu_s, therm_wall_s, therm_device_s in the
+    sample file and the checkpoint: thermalisation is part of the run's clocks; device-s are
+    CPU-s on a CPU (lattice_flows/runtime/clock.py)."""
+    from lattice_flows.io.checkpoint import load_checkpoint
+
+    assert main(["hmc", str(tiny_hmc_config), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    for rec in (SampleFile(run / "hmc.h5").attrs, load_checkpoint(run / "hmc.ckpt")):
+        assert rec["device_kind"] == "cpu" and rec["device_s"] == rec["cpu_s"]
+        assert rec["therm_device_s"] == rec["therm_cpu_s"]
+        for clock in ("cpu_s", "wall_s", "device_s"):
+            assert 0 < rec[f"therm_{clock}"] < rec[clock], clock

@@ -106,3 +106,31 @@ def test_omelyan_constant_is_smaller(fits):
     (log_a_lf, _, _), (err_lf, _, _), _ = fits["leapfrog"]
     (log_a_om, _, _), (err_om, _, _), _ = fits["omelyan"]
     assert log_a_om + 3 * err_om < log_a_lf - 3 * err_lf, (log_a_om, err_om, log_a_lf, err_lf)
+
+
+def test_step_counts_come_from_the_host_step_generator():
+    """With a step generator (chains on a GPU; here given by hand) the jittered counts are
+    drawn from it, uniform in [(1-j) n, (1+j) n], and the chains' generator is left alone; a
+    step generator off the CPU is refused (a host integer must not need a device sync)."""
+    chains = torch.Generator().manual_seed(1)
+    steps = torch.Generator().manual_seed(2)
+    hmc = HMC(ACTION, 0.1, 10, "leapfrog", 0.5, chains, step_generator=steps)
+    before = chains.get_state().clone()
+    counts = [hmc.draw_n_steps() for _ in range(400)]
+    assert torch.equal(chains.get_state(), before)
+    assert min(counts) == 5 and max(counts) == 15  # all 11 values occur in 400 draws (p ~ 1e-16)
+    assert counts == [int(torch.randint(5, 16, (1,), generator=g)) for g in
+                      [torch.Generator().manual_seed(2)] for _ in range(400)]
+    # on the CPU the chains' generator draws them (the stream of earlier versions)
+    assert HMC(ACTION, 0.1, 10, "leapfrog", 0.5, chains).step_generator is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_chains_on_a_gpu_get_a_host_step_generator_seeded_from_theirs():
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    a = HMC(ACTION, 0.1, 10, "leapfrog", 0.5, gen)
+    b = HMC(ACTION, 0.1, 10, "leapfrog", 0.5, torch.Generator(device="cuda").manual_seed(5))
+    assert a.step_generator is not None and a.step_generator.device.type == "cpu"
+    assert [a.draw_n_steps() for _ in range(20)] == [b.draw_n_steps() for _ in range(20)]
+    with pytest.raises(ValueError, match="CPU generator"):
+        HMC(ACTION, 0.1, 10, "leapfrog", 0.5, gen, step_generator=gen)

@@ -87,6 +87,11 @@ def test_accept_reject_is_bit_identical_to_the_vectorised_rule():
     assert torch.equal(res.accepted, acc) and torch.equal(res.index, idx)
     assert torch.equal(res.log_w, trace) and torch.equal(res.final_log_w, final)
     assert 0 < int(acc.sum()) < acc.numel()  # both outcomes occur: the comparison is not vacuous
+    # the host copies the samplers count with are the same figures
+    np.testing.assert_array_equal(res.accepted_host, acc.numpy())
+    np.testing.assert_array_equal(res.final_log_w_host, final.numpy())
+    np.testing.assert_array_equal(res.proposals_log_w_host, lw.numpy())
+    assert res.n_nonfinite == int((~torch.isfinite(lw)).sum())
 
 
 def test_independence_chain_is_one_column_of_accept_reject():

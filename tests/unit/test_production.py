@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from lattice_flows.config import config_from_dict
-from lattice_flows.io.checkpoint import load_checkpoint
+from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.observables import measure
 from lattice_flows.runtime.clock import ZERO, Seconds
@@ -128,3 +130,69 @@ def test_stop_waits_for_a_commit_point_and_resume_equals_uninterrupted(tmp_path,
     check_run_folder(tmp_path / "b")
     _run(tmp_path / "b", Walk(cfg_b))
     assert_same_samples(ref, tmp_path / "b" / "walk.h5")
+
+
+def test_row_buffer_copies_device_rows_once_per_chunk_with_the_same_bytes():
+    """Rows of tensors (as the producers give them) and of numpy arrays (host flags) give the
+    arrays a host-side stack of per-row copies gives, dtype and bytes alike."""
+    from lattice_flows.runtime.rows import RowBuffer
+
+    g = torch.Generator().manual_seed(1)
+    rows = [{"configs": torch.randn(3, 4, 4, generator=g, dtype=torch.float64).to(torch.float32),
+             "action": torch.randn(3, generator=g, dtype=torch.float64),
+             "accepted": torch.rand(3, generator=g) < 0.5,
+             "flags": (torch.rand(3, generator=g) < 0.5).numpy()} for _ in range(5)]
+    buf = RowBuffer()
+    for row in rows:
+        buf.add(row)
+    assert buf.n == 5
+    got = buf.take()
+    assert buf.n == 0 and buf.take() == {}
+    for name in rows[0]:
+        ref = np.stack([np.asarray(r[name]) for r in rows])
+        assert isinstance(got[name], np.ndarray) and got[name].dtype == ref.dtype, name
+        np.testing.assert_array_equal(got[name], ref, err_msg=name)
+
+
+def test_every_commit_and_checkpoint_carries_the_three_clocks(tmp_path):
+    """cpu_s, wall_s, device_s and device_kind in the file attributes and the checkpoint; on a
+    CPU device-s are the CPU-s (runtime/clock.py); the log's clocks are this process's."""
+    cfg = config_from_dict(tiny_hmc_raw(tmp_path / "run"))
+    walk = Walk(cfg)
+    path = _run(tmp_path / "run", walk)
+    attrs, ckpt = SampleFile(path).attrs, load_checkpoint(tmp_path / "run" / "walk.ckpt")
+    for rec in (attrs, ckpt):
+        assert rec["device_kind"] == "cpu"
+        assert rec["device_s"] == rec["cpu_s"] > 0 and rec["wall_s"] > 0
+    assert walk.ran.wall_s >= attrs["wall_s"] and walk.ran.device_s == walk.ran.cpu_s
+
+
+def test_a_checkpoint_with_cpu_s_only_resumes_and_its_clocks_start_from_it(tmp_path):
+    """Checkpoints of older versions have ``cpu_s`` only: the resumed run's wall-s and
+    device-s start from it (production.resumed_seconds); data equal an uninterrupted run's."""
+    cfg_a = config_from_dict(tiny_hmc_raw(tmp_path / "a"))
+    ref = _run(tmp_path / "a", Walk(cfg_a))
+    cfg_b = config_from_dict(tiny_hmc_raw(tmp_path / "b"))
+    with graceful_stop(), pytest.raises(StopRequested):
+        _run(tmp_path / "b", Walk(cfg_b, stop_at=18))
+    ckpt_path = tmp_path / "b" / "walk.ckpt"
+    state = load_checkpoint(ckpt_path)
+    old_cpu = 1000.0  # an earlier process's CPU-s, far above what this test spends
+    state = {k: v for k, v in state.items() if k not in ("wall_s", "device_s", "device_kind")}
+    save_checkpoint({**state, "cpu_s": old_cpu}, ckpt_path)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    _run(tmp_path / "b", Walk(cfg_b))
+    spent = {"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0}
+    spent["device_s"] = spent["cpu_s"]
+    assert_same_samples(ref, tmp_path / "b" / "walk.h5")
+    attrs = SampleFile(tmp_path / "b" / "walk.h5").attrs
+    assert attrs["device_kind"] == "cpu"
+    for clock in ("cpu_s", "wall_s", "device_s"):  # the old CPU-s plus this process's part
+        assert old_cpu < attrs[clock] <= old_cpu + spent[clock], clock
+
+
+def test_seconds_resumed_on_another_device_kind_say_so():
+    seconds, kind = resumed_seconds({"cpu_s": 1.0, "wall_s": 2.0, "device_s": 2.0,
+                                     "device_kind": "cuda:NVIDIA H200"}, "cpu")
+    assert seconds == Seconds(1.0, 2.0, 2.0) and kind == "cuda:NVIDIA H200+cpu"
+    assert resumed_seconds({"cpu_s": 3.0, "device_kind": "cuda:X+cpu"}, "cpu")[1] == "cuda:X+cpu"
