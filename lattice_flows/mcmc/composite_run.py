@@ -42,6 +42,13 @@ steps). Checkpoints, resume (bit for bit), stop and MPI ranks go through
 :func:`lattice_flows.runtime.production.run_production`; a stop during the thermalisation
 resumes it as HMC's does; what a checkpoint must match to resume is
 :mod:`lattice_flows.mcmc.composite_resume`.
+
+Host synchronisations per sweep: the flow steps' accept/reject (one device->host copy of the
+log-weights, one host->device copy of the decisions), whether HMC moved any chain (to skip the
+inverse pass) and the finiteness check of the new log w; none per HMC trajectory (the acceptance
+count stays on the device) and none per row (rows are copied once per chunk). The file and the
+checkpoints carry the clocks of :mod:`lattice_flows.runtime.production` and the thermalisation's
+``therm_cpu_s``, ``therm_wall_s``, ``therm_device_s``.
 """
 
 from __future__ import annotations
@@ -258,7 +265,7 @@ class CompositeProducer:
             )
         self.cur = {"phi": phi, "action": s, "log_q": lq, "log_w": lw}
 
-    def _row(self) -> dict[str, np.ndarray]:
+    def _row(self) -> dict[str, torch.Tensor]:
         cur = self.cur
         obs = measure(cur["phi"], self.action, self.cfg.output.store_G)
         row = {  # device tensors, copied to the host once per chunk (RowBuffer)

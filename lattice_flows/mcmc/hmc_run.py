@@ -5,7 +5,9 @@ See :mod:`lattice_flows.runtime.resume` for the run-folder and resume rules,
 thermalisation and :mod:`lattice_flows.mcmc.hmc_tuning` for what it tunes (eps, the trajectory
 length, the FA mass). What it froze (eps, n_steps, the FA mass M(p), mu^2, the length scan) goes
 into every checkpoint and the sample file attrs, and a resume restores it from the checkpoint, so a
-resumed run uses the same M and length.
+resumed run uses the same M and length. The clocks of the run (``cpu_s``, ``wall_s``,
+``device_s``, ``device_kind``: :mod:`lattice_flows.runtime.production`) include the
+thermalisation's, recorded apart as ``therm_cpu_s``, ``therm_wall_s`` and ``therm_device_s``.
 """
 
 from __future__ import annotations

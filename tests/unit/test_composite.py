@@ -216,7 +216,7 @@ def test_fourier_accelerated_composite_resumes_with_its_frozen_mass_and_length(t
     """The HMC part is built by the same factory and tuning protocol as plain HMC: with FA
     (measured kernel) and a scanned trajectory length, an extended run keeps the frozen M(p),
     eps and n_steps (its rows equal an uninterrupted run's), the file records them and the
-    thermalisation's CPU-s, and a changed hmc.fourier_acceleration is refused."""
+    thermalisation's clocks (CPU-, wall-, device-s), and a changed hmc.fourier_acceleration is refused."""
     raw = toy_raw(tmp_path / "fa", untrained_flow, n_samples=16, n_chains=4, batch_size=16)
     raw["hmc"].update(n_therm=120, fourier_acceleration=True, fa_kernel="measured",
                       trajectory_length="auto")
@@ -225,9 +225,14 @@ def test_fourier_accelerated_composite_resumes_with_its_frozen_mass_and_length(t
     state = load_checkpoint(tmp_path / "fa" / "composite.ckpt")
     assert state["fa_mass"].shape == SHAPE and state["trajectory_scan"]
     assert first.attrs["n_steps"] == state["n_steps"] and first.attrs["fourier_acceleration"]
-    assert 0 < first.attrs["therm_cpu_s"] <= first.attrs["cpu_s"]
+    for clock in ("cpu_s", "wall_s", "device_s"):  # thermalisation is part of the run's clocks
+        for rec in (first.attrs, state):
+            assert 0 < rec[f"therm_{clock}"] <= rec[clock], clock
+    assert first.attrs["device_kind"] == state["device_kind"] == "cpu"
     raw["sample"]["n_samples"] = 32
     longer = SampleFile(run_composite(config_from_dict(raw), progress=False))
+    assert longer.attrs["therm_wall_s"] == first.attrs["therm_wall_s"]  # kept by the resume
+    assert longer.attrs["wall_s"] > first.attrs["wall_s"]
     raw["output"]["dir"] = str(tmp_path / "fa_whole")
     assert_same_samples(run_composite(config_from_dict(raw), progress=False), longer.path)
     changed = copy.deepcopy(raw)
