@@ -1,4 +1,4 @@
-"""Rows of a production run collected until a chunk is complete (then one commit).
+"""Rows of a production run collected in memory until a chunk is complete (then one commit).
 
 A row is ``{dataset: (n_chains, ...)}``. Its arrays may be torch tensors on the chains' device
 (the producers' configurations and observables) or numpy arrays (flags known on the host): the
