@@ -5,7 +5,8 @@ merged view ``<name>.h5`` maps them side by side along the chain axis, cut at th
 committed row count, so every reader and analysis sees one ensemble whose replicas are all the
 chains of all ranks. The view holds no data (relative links to the rank files, resolved next to
 the view): keep the folder together. Attributes: those of rank 0, with ``n_chains`` and
-``n_saved`` of the view, ``merged_from`` (the rank files) and the summed ``cpu_s``.
+``n_saved`` of the view, ``merged_from`` (the rank files) and the run's cost over the ranks
+(:func:`merged_seconds`: CPU- and device-seconds summed, wall-seconds the longest rank's).
 Like every virtual dataset of the package the view fills what HDF5 cannot read (a missing rank
 file, a lost part) with NaN (float datasets; see :func:`lattice_flows.io.sample_format.fill_value`).
 ``lattice-flows export`` writes the view as one self-contained file (io/export.py).
@@ -33,6 +34,23 @@ def _datasets(f: h5py.File) -> list[str]:
     return names
 
 
+#: cost attributes of a rank file (runtime/clock.py): summed over ranks, except wall time
+SUMMED_SECONDS = ("cpu_s", "device_s", "therm_cpu_s", "therm_device_s")
+LONGEST_SECONDS = ("wall_s", "therm_wall_s")
+
+
+def merged_seconds(rank_attrs: list) -> dict[str, float]:
+    """The cost of the whole run from its ranks' attributes: CPU- and device-seconds add up over
+    the ranks (what the run used), the wall-seconds are the longest rank's (the ranks run side by
+    side). A clock no rank recorded is left out."""
+    out = {}
+    for name in SUMMED_SECONDS + LONGEST_SECONDS:
+        values = [float(a[name]) for a in rank_attrs if name in a]
+        if values:
+            out[name] = sum(values) if name in SUMMED_SECONDS else max(values)
+    return out
+
+
 def write_merged_view(out: str | Path, rank_files: list[str | Path]) -> Path:
     """Write the VDS file ``out`` over ``rank_files`` (same directory); returns its path."""
     out = Path(out)
@@ -55,7 +73,8 @@ def write_merged_view(out: str | Path, rank_files: list[str | Path]) -> Path:
         out_f.attrs["rank"] = -1
         out_f.attrs["merged_from"] = [p.name for p in files]
         out_f.attrs["chains_per_rank"] = np.asarray(chains)
-        out_f.attrs["cpu_s"] = float(sum(float(r.attrs.get("cpu_s", 0.0)) for r in readers))
+        for name, value in merged_seconds([r.attrs for r in readers]).items():
+            out_f.attrs[name] = value
         for name in names:
             layout = h5py.VirtualLayout(shape=(n_saved, total, *shapes[name]), dtype=dtypes[name])
             c0 = 0

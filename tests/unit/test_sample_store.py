@@ -186,3 +186,21 @@ def test_row_reader_equals_sample_file_and_keeps_parts_open(tmp_path):
         assert len(small._held) == 2  # never more files open than allowed
     with pytest.raises(ValueError, match="sorted, unique"):
         sf.row_reader("configs").take(np.array([3, 1]))
+
+
+def test_merged_view_sums_cpu_and_device_seconds_and_takes_the_longest_wall_time(tmp_path):
+    """The cost of a parallel run (runtime/clock.py): CPU- and device-seconds of the ranks add
+    up, the wall-seconds are the longest rank's (they ran side by side)."""
+    from lattice_flows.io.merge import write_merged_view
+
+    rng = np.random.default_rng(3)
+    files = [tmp_path / f"s.rank{r:04d}.h5" for r in range(2)]
+    clocks = [{"cpu_s": 10.0, "wall_s": 12.0, "device_s": 10.0, "therm_cpu_s": 1.0,
+               "therm_wall_s": 1.5, "therm_device_s": 1.0},
+              {"cpu_s": 11.0, "wall_s": 13.0, "device_s": 11.0, "therm_cpu_s": 2.0,
+               "therm_wall_s": 2.5, "therm_device_s": 2.0}]
+    for path, attrs in zip(files, clocks):
+        writer(path).append(rows(rng, 2), attrs=attrs)
+    attrs = SampleFile(write_merged_view(tmp_path / "s.h5", files)).attrs
+    assert (attrs["cpu_s"], attrs["device_s"], attrs["wall_s"]) == (21.0, 21.0, 13.0)
+    assert (attrs["therm_cpu_s"], attrs["therm_device_s"], attrs["therm_wall_s"]) == (3.0, 3.0, 2.5)
