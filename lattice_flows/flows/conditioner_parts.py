@@ -5,6 +5,9 @@ the frozen sites, shape ``(batch, L_1, ..., L_d)``, to parameter fields ``(batch
 with a parity +1 (even) or -1 (odd) per output channel under phi -> -phi; bounded channels are
 mapped to ``scale_c * tanh(p_c)`` (:func:`bound_channels`). Rows are independent, so large
 batches may run in chunks (:func:`chunk_rows`, :func:`in_chunks`) without changing the result.
+Chunking is a CPU cache workaround (oneDNN convolutions slow down once a call's tensors leave
+the cache; figures in :class:`lattice_flows.flows.nets.ConvConditioner`): on CUDA or any other
+device the whole batch goes in one call, since chunks there only serialise the work.
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ def chunk_rows(shape: Sequence[int], max_rows: int, max_sites: int) -> int:
 
 
 def in_chunks(fn, x: torch.Tensor, max_rows: int) -> torch.Tensor:
-    """fn(x) evaluated on at most ``max_rows`` rows at a time (rows are independent)."""
-    if x.shape[0] <= max_rows:
+    """fn(x) evaluated on at most ``max_rows`` rows at a time on the CPU (rows are
+    independent); on any other device (CUDA: chunks would serialise the kernels) in one call."""
+    if x.shape[0] <= max_rows or x.device.type != "cpu":
         return fn(x)
     return torch.cat([fn(c) for c in x.split(max_rows)], dim=0)
 

@@ -466,3 +466,37 @@ def test_chunked_conditioner_evaluation_is_exact():
         finally:
             ConvConditioner.max_rows = old
     torch.testing.assert_close(chunked, ref, rtol=1e-12, atol=1e-11)
+
+
+def _first_conv_calls(conditioner) -> list[int]:
+    """Rows per call of the conditioner's first convolution (one call per chunk), recorded."""
+    from lattice_flows.flows.periodic_conv import CONV_TYPES
+
+    first = next(m for m in conditioner.modules() if isinstance(m, CONV_TYPES))
+    rows: list[int] = []
+    first.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    return rows
+
+
+@pytest.mark.parametrize("net", NETS, ids=NET_IDS)
+def test_conditioners_chunk_on_the_cpu_only_and_chunks_change_nothing(net):
+    """Issue 16: row chunks are a CPU cache workaround. On the CPU a batch above max_rows runs
+    in chunks whose outputs and gradients equal the one-call result (rows are independent);
+    on any other device (here 'meta', which runs the real conv code without numbers) the
+    whole batch goes in one call, as on CUDA."""
+    cond = make(dtype=torch.float64, n_layers=2, fourier_layer=False, **net).layers[0].conditioner
+    x = torch.randn(40, 4, 4, dtype=torch.float64, requires_grad=True)
+    rows = _first_conv_calls(cond)
+    whole = cond(x)
+    (g_whole,) = torch.autograd.grad(whole.square().sum(), x)
+    n_whole = len(rows)
+    cond.max_rows = 7  # instance attribute: this conditioner only
+    chunked = cond(x)
+    (g_chunked,) = torch.autograd.grad(chunked.square().sum(), x)
+    per_call = rows[n_whole:]
+    assert max(per_call) <= 7 and sum(per_call) == sum(rows[:n_whole]) and len(per_call) > n_whole
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-13)
+    torch.testing.assert_close(g_chunked, g_whole, rtol=0, atol=1e-12)
+    rows.clear()
+    cond.to("meta")(torch.empty(40, 4, 4, dtype=torch.float64, device="meta"))
+    assert rows == [rows[0]] and rows[0] >= 40  # one call: 40 rows (80 for x and -x)
