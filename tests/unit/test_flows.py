@@ -163,7 +163,7 @@ def test_zero_mode_layer_moves_only_the_magnetisation_and_inverts_with_gradients
     c = x.sum(dim=(1, 2)) / math.sqrt(24)
     g, slope = layer.g_and_slope(c)
     assert (slope > 0).all() and not torch.allclose(g / c, (g / c)[:1].expand(5), rtol=1e-3)
-    # inverse and its gradients (one implicit Newton step after bisection)
+    # inverse and its gradients (one implicit Newton step after the safeguarded Newton solve)
     y.requires_grad_(True)
     x_back, logdet_inv = layer.inverse(y)
     assert torch.allclose(x_back, x, atol=1e-12) and torch.allclose(logdet_inv, -logdet, atol=1e-12)
