@@ -14,6 +14,16 @@ inverse. Independence Metropolis and reweighting (w = exp(-S - log q), docs/conv
 members: no layer may use batch statistics, and none
 here does.
 
+TF32 rule: :meth:`Flow.inverse` and :meth:`Flow.log_prob` run inside
+:func:`lattice_flows.devices.ieee_float32` (float32 convolutions and matmuls in IEEE float32,
+the previous settings restored after), so a log density evaluated through the inverse (forward
+KL, the path gradient's log q, independence Metropolis of the composite sampler, validation NLL)
+carries no TF32 noise on a GPU, where cuDNN runs float32 convolutions in TF32 by default (~1e-3
+relative). :meth:`Flow.sample` and the forward pass keep the default: log q comes from the same
+pass as phi, so the pair stays exactly consistent whatever the conv precision. Gradients taken
+later, outside the scope (``loss.backward()``), use the global settings; code that evaluates
+log q through layer inverses directly must open the scope itself.
+
 The flow is size-agnostic: masks are checkerboard unit cells tiled to the input, the
 conditioners are convolutions and the Fourier layer is parametrised in phat^2, so a flow trained
 at one L runs at any even L of the same dimension (``sample(n, lattice_shape=...)``).
@@ -21,6 +31,7 @@ at one L runs at any even L of the same dimension (``sample(n, lattice_shape=...
 Example::
 
     >>> from lattice_flows.config import FlowConfig
+from lattice_flows.devices import ieee_float32
     >>> flow = build_flow(FlowConfig(n_layers=4, hidden_channels=(8,)), (8, 8), m2=-4.0)
     >>> phi, log_q = flow.sample(16)
     >>> torch.allclose(flow.log_prob(phi), log_q, atol=1e-4)
@@ -35,6 +46,7 @@ import torch
 from torch import nn
 
 from lattice_flows.config import FlowConfig
+from lattice_flows.devices import ieee_float32
 from lattice_flows.flows.bijections import make_bijection
 from lattice_flows.flows.cnf import ContinuousEquivariantLayer
 from lattice_flows.flows.coupling import CouplingLayer
@@ -79,12 +91,14 @@ class Flow(nn.Module):
         return x, logdet
 
     def inverse(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z = f^-1(phi) and log|det dz/dphi| = -sum_k log|det J_k| (float64), shape (batch,)."""
+        """z = f^-1(phi) and log|det dz/dphi| = -sum_k log|det J_k| (float64), shape (batch,);
+        in IEEE float32 (:func:`~lattice_flows.devices.ieee_float32`, module docstring)."""
         logdet = torch.zeros(phi.shape[0], dtype=torch.float64, device=phi.device)
         x = phi
-        for layer in reversed(self.layers):
-            x, ld = layer.inverse(x)
-            logdet = logdet + ld
+        with ieee_float32():  # no TF32 in a log density (module docstring)
+            for layer in reversed(self.layers):
+                x, ld = layer.inverse(x)
+                logdet = logdet + ld
         return x, logdet
 
     def sample(
@@ -113,9 +127,11 @@ class Flow(nn.Module):
         return phi, self.prior.log_prob(z) - logdet
 
     def log_prob(self, phi: torch.Tensor) -> torch.Tensor:
-        """log q(phi) = log r(f^-1(phi)) + log|det d f^-1/dphi|, float64, shape ``(batch,)``."""
-        z, logdet = self.inverse(phi)
-        return self.prior.log_prob(z) + logdet
+        """log q(phi) = log r(f^-1(phi)) + log|det d f^-1/dphi|, float64, shape ``(batch,)``;
+        in IEEE float32 (:func:`~lattice_flows.devices.ieee_float32`, module docstring)."""
+        with ieee_float32():
+            z, logdet = self.inverse(phi)
+            return self.prior.log_prob(z) + logdet
 
     def n_params(self) -> int:
         """Number of trainable parameters."""
