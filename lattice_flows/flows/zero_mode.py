@@ -49,8 +49,8 @@ pairs: a in [0.018, 4], raw b_k and d_k in [-30, 8], so b_k up to 2048 at w = 1/
 factor, widths 1/32 ... 4, |c'| <= 60, targets on the steps' edges; the worst family is a tiny a
 with one steep narrow step and a target just above its top): 4 steps reach the float64 rounding
 level of g (a residual |g(c) - c'| <= 2.5 eps times the sum of the absolute values of g's terms;
-3 steps leave 4e5 eps); 6 leave a margin of two steps, each of which squares the error near the
-root. Cost: 1 + 6 + 2 evaluations of g per row instead of the 64 + 2 of the bisection it
+3 steps leave 4e5 eps; targets from 1e-300 to 1e6 stay at rounding too); 6 leave a margin of
+two steps, each of which squares the error near the root. Cost: 1 + 6 + 2 evaluations of g per row instead of the 64 + 2 of the bisection it
 replaces (timings in the commit that made the change).
 Placed first in the flow (``flow.zero_mode_layer``), it acts on the prior's zero mode,
 c ~ N(0, 1) exactly, so the widths w_k = 0.5, 1, 2, 4 suit any lattice.

@@ -165,3 +165,17 @@ def test_a_flow_with_narrow_widths_inverts_exactly():
     z_back, logdet_inv = flow.inverse(phi)
     torch.testing.assert_close(z_back, z, rtol=0, atol=1e-10)
     torch.testing.assert_close(logdet_inv, -logdet, rtol=0, atol=1e-10)
+
+
+def test_extreme_targets_from_1e_300_to_1e6_are_solved_to_rounding():
+    """Far outside |c'| <= 60 (a target below every width, or far beyond the saturated
+    steps) the bracket ends are the nearly linear regions: the residual stays at rounding."""
+    t = torch.logspace(-300, 6, 400, dtype=torch.float64)
+    for i, widths in enumerate(WIDTH_SETS):
+        for layer, _ in hard_layers(widths, 15, seed=50 + i):
+            with torch.no_grad():
+                c = layer.solve_abs(t)
+                res = (layer.g_and_slope(c)[0] - t).abs() / (EPS * rounding_scale(layer, c))
+            assert float(res.max()) <= 4.0
+    zero = ZeroModeLayer(2).double().solve_abs(torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(zero, torch.zeros(3, dtype=torch.float64))
