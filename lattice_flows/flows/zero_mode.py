@@ -50,8 +50,9 @@ factor, widths 1/32 ... 4, |c'| <= 60, targets on the steps' edges; the worst fa
 with one steep narrow step and a target just above its top): 4 steps reach the float64 rounding
 level of g (a residual |g(c) - c'| <= 2.5 eps times the sum of the absolute values of g's terms;
 3 steps leave 4e5 eps; targets from 1e-300 to 1e6 stay at rounding too); 6 leave a margin of
-two steps, each of which squares the error near the root. Cost: 1 + 6 + 2 evaluations of g per row instead of the 64 + 2 of the bisection it
-replaces (timings in the commit that made the change).
+two steps, each of which squares the error near the root. Cost: 1 + 6 + 2 evaluations of g
+per row instead of the 64 + 2 of the bisection it replaces; inverse + backward at batch 32
+3.7-4.1 -> 1.0 ms, at batch 1024 7.9-9.3 -> 2.6-2.8 ms (one thread, this CPU).
 Placed first in the flow (``flow.zero_mode_layer``), it acts on the prior's zero mode,
 c ~ N(0, 1) exactly, so the widths w_k = 0.5, 1, 2, 4 suit any lattice.
 
