@@ -42,7 +42,9 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 #: (backend, op) of the ``fp32_precision`` switches (torch >= 2.9) that :func:`ieee_float32`
 #: sets: cuDNN and oneDNN convolutions, cuBLAS and oneDNN matmuls
-_PRECISION_SWITCHES = (("cudnn", "conv"), ("cuda", "matmul"), ("mkldnn", "conv"), ("mkldnn", "matmul"))
+_PRECISION_SWITCHES = (
+    ("cudnn", "conv"), ("cuda", "matmul"), ("mkldnn", "conv"), ("mkldnn", "matmul"),
+)
 
 
 def _precision_switches() -> list:

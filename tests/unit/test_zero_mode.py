@@ -28,7 +28,8 @@ def rounding_scale(layer: ZeroModeLayer, c: torch.Tensor) -> torch.Tensor:
     """sum of |terms| of g at c: a float64 evaluation of g is exact to a few EPS of this."""
     a, b, d, w = layer._coefficients(torch.float64)
     th = torch.tanh(c[:, None] / w)
-    return (a * c).abs() + (b * w * th).abs().sum(-1) + (d * (c[:, None].abs() + (w * th).abs())).sum(-1)
+    cancelling = d * (c[:, None].abs() + (w * th).abs())  # d_k (c - w_k tanh): both parts
+    return (a * c).abs() + (b * w * th).abs().sum(-1) + cancelling.sum(-1)
 
 
 def bisect_abs(layer: ZeroModeLayer, t: torch.Tensor, steps: int = 120) -> torch.Tensor:
@@ -61,7 +62,8 @@ def hard_layers(widths, n: int, seed: int):
         with torch.no_grad():
             edge = layer.g_and_slope(w * 10 ** torch.empty(40, dtype=torch.float64).uniform_(
                 -2, 1.5, generator=g))[0].clamp(max=60.0)
-        spread = 10 ** torch.empty(40, dtype=torch.float64).uniform_(-10, math.log10(60), generator=g)
+        spread = 10 ** torch.empty(40, dtype=torch.float64).uniform_(
+            -10, math.log10(60), generator=g)
         yield layer, torch.cat([edge, spread])
 
 
