@@ -14,15 +14,17 @@ inverse. Independence Metropolis and reweighting (w = exp(-S - log q), docs/conv
 members: no layer may use batch statistics, and none
 here does.
 
-TF32 rule: :meth:`Flow.inverse` and :meth:`Flow.log_prob` run inside
+TF32 rule: every pass of the flow (:meth:`Flow.forward`, hence :meth:`Flow.sample`, and
+:meth:`Flow.inverse`, hence :meth:`Flow.log_prob`) runs inside
 :func:`lattice_flows.devices.ieee_float32` (float32 convolutions and matmuls in IEEE float32,
-the previous settings restored after), so a log density evaluated through the inverse (forward
-KL, the path gradient's log q, independence Metropolis of the composite sampler, validation NLL)
-carries no TF32 noise on a GPU, where cuDNN runs float32 convolutions in TF32 by default (~1e-3
-relative). :meth:`Flow.sample` and the forward pass keep the default: log q comes from the same
-pass as phi, so the pair stays exactly consistent whatever the conv precision. Gradients taken
-later, outside the scope (``loss.backward()``), use the global settings; code that evaluates
-log q through layer inverses directly must open the scope itself.
+the previous settings restored after). On a GPU cuDNN runs float32 convolutions in TF32 by
+default (~1e-3 relative): a TF32 forward pass is still a bijection with its own exact log q, but
+not the map the IEEE inverse inverts, and the package mixes the two: the composite sampler
+weighs proposals by the forward pass's log q and the states HMC moved by the inverse's, forward
+KL and the validation NLL score data by the inverse of the map that produced the samples. So the
+flow is one map in every pass. Gradients taken later, outside the scope (``loss.backward()``),
+use the global settings (TF32 there only adds noise to a gradient estimate); code that evaluates
+layers directly must open the scope itself.
 
 The flow is size-agnostic: masks are checkerboard unit cells tiled to the input, the
 conditioners are convolutions and the Fourier layer is parametrised in phat^2, so a flow trained
@@ -31,7 +33,6 @@ at one L runs at any even L of the same dimension (``sample(n, lattice_shape=...
 Example::
 
     >>> from lattice_flows.config import FlowConfig
-from lattice_flows.devices import ieee_float32
     >>> flow = build_flow(FlowConfig(n_layers=4, hidden_channels=(8,)), (8, 8), m2=-4.0)
     >>> phi, log_q = flow.sample(16)
     >>> torch.allclose(flow.log_prob(phi), log_q, atol=1e-4)
@@ -82,12 +83,14 @@ class Flow(nn.Module):
         return torch.device("cpu"), torch.get_default_dtype()
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """phi = f(z) and sum_k log|det J_k| (float64), shape ``(batch,)``."""
+        """phi = f(z) and sum_k log|det J_k| (float64), shape ``(batch,)``; in IEEE float32
+        (:func:`~lattice_flows.devices.ieee_float32`, module docstring)."""
         logdet = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
         x = z
-        for layer in self.layers:
-            x, ld = layer(x)
-            logdet = logdet + ld
+        with ieee_float32():  # one map in every pass (module docstring)
+            for layer in self.layers:
+                x, ld = layer(x)
+                logdet = logdet + ld
         return x, logdet
 
     def inverse(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +98,7 @@ class Flow(nn.Module):
         in IEEE float32 (:func:`~lattice_flows.devices.ieee_float32`, module docstring)."""
         logdet = torch.zeros(phi.shape[0], dtype=torch.float64, device=phi.device)
         x = phi
-        with ieee_float32():  # no TF32 in a log density (module docstring)
+        with ieee_float32():  # one map in every pass (module docstring)
             for layer in reversed(self.layers):
                 x, ld = layer.inverse(x)
                 logdet = logdet + ld

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
+from lattice_flows.devices import ieee_float32
 from lattice_flows.flows.bijections import AffineBijection
 from lattice_flows.flows.coupling import CouplingLayer
 from lattice_flows.theory.phi4 import Phi4Action
@@ -116,12 +117,13 @@ class FastPathGradientKL:
         log_q = flow.prior.log_prob(z).detach()  # float64, like every ld below
         score = -z.detach()  # per site, flow dtype
         x = z
-        for layer in flow.layers:
-            if isinstance(layer, CouplingLayer) and isinstance(layer.bijection, AffineBijection):
-                x, ld, score = _affine_coupling_score(layer, x, score)
-            else:
-                x, ld, score = _general_layer_score(layer, x, score)
-            log_q = log_q - ld.detach()
+        with ieee_float32():  # the flow's one map (flows/flow.py, TF32 rule)
+            for layer in flow.layers:
+                if isinstance(layer, CouplingLayer) and isinstance(layer.bijection, AffineBijection):
+                    x, ld, score = _affine_coupling_score(layer, x, score)
+                else:
+                    x, ld, score = _general_layer_score(layer, x, score)
+                log_q = log_q - ld.detach()
         s = self.action(x)
         grad_s = torch.autograd.grad(s.sum(), x, retain_graph=True)[0]
         dims = tuple(range(1, x.dim()))

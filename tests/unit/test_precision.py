@@ -2,8 +2,8 @@
 
 On the CPU the switch changes no numbers, but the flags must really be set where the flow's
 convolutions run: a forward hook on the conditioner's convolutions records them during
-Flow.log_prob / Flow.inverse, and they must be back to the previous values after (also after an
-exception), with no warning on the way.
+Flow.sample / Flow.log_prob / Flow.inverse, and they must be back to the previous values after
+(also after an exception), with no warning on the way.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def flow_with_recorder(dtype=torch.float32):
     return flow, seen
 
 
-def test_log_prob_and_inverse_run_their_convolutions_in_ieee_float32(tf32_on):
+def test_every_pass_of_the_flow_runs_its_convolutions_in_ieee_float32(tf32_on):
+    """sample (forward), log_prob and inverse: one map in every pass, so log q of a sample and
+    log_prob of it agree to float32 rounding on a GPU too (flows/flow.py, TF32 rule)."""
     assert tf32_on != IEEE
     flow, seen = flow_with_recorder()
     with warnings.catch_warnings():
@@ -74,7 +76,7 @@ def test_log_prob_and_inverse_run_their_convolutions_in_ieee_float32(tf32_on):
             seen.clear()
             flow.inverse(phi)
             during_inverse = list(seen)
-    assert during_sample and all(f == tf32_on for f in during_sample)  # sampling: untouched
+    assert during_sample and all(f == IEEE for f in during_sample)
     assert during_log_prob and all(f == IEEE for f in during_log_prob)
     assert during_inverse and all(f == IEEE for f in during_inverse)
     assert flags() == tf32_on  # restored
