@@ -50,34 +50,48 @@ def _set_lr(run: TrainRun) -> float:
     return lr
 
 
+def _poison_gradient_with(loss: torch.Tensor, flow: torch.nn.Module) -> None:
+    """Add ``0 * loss`` to one gradient: exactly nothing when the loss is finite, NaN when it
+    is not (0 * inf = 0 * NaN = NaN), without waiting for the device. After the all-reduce the
+    NaN is in every rank's gradient, so every rank skips the step together."""
+    p = next(p for p in flow.parameters() if p.requires_grad)
+    zero_or_nan = loss.detach().to(p.dtype) * 0.0
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    p.grad.add_(zero_or_nan)
+
+
 def optimizer_step(run: TrainRun) -> None:
     """One optimiser step: schedules, loss, backward, gradient all-reduce and clipping; a
     non-finite loss or gradient skips the step (``train.max_nonfinite`` in a row stop the
     run with :class:`TrainingError`). The step's loss, gradient norm and log-weights join
-    the metric window."""
+    the metric window.
+
+    One host synchronisation per step: the loss and the clipped gradient norm are read
+    together (one ``tolist`` of a stacked pair) to decide the skip. With several ranks a
+    non-finite local loss first poisons the local gradient (:func:`_poison_gradient_with`), so
+    the all-reduced gradients, identical on every rank, carry it, and the gradient norm every
+    rank reads is non-finite on all of them: the ranks skip together without a collective
+    vote. A non-finite loss on this rank alone is also caught by its own loss readout."""
     tc, flow, world, estimator = run.tc, run.flow, run.world, run.estimator
     if hasattr(estimator, "alpha") and tc.alpha_final is not None:
         estimator.alpha = tc.alpha + (tc.alpha_final - tc.alpha) * run.step_no / max(1, tc.steps - 1)
     run.current_lr = _set_lr(run)
     run.optimizer.zero_grad(set_to_none=True)
     loss, info = estimator.loss(flow, run.local_batch, generator=run.gen, data=run.data)
-    if nan_injected("train_loss"):  # fault injection (tests only)
-        loss = loss * float("nan")
-    loss_ok = bool(torch.isfinite(loss))
-    if loss_ok:
-        loss.backward()
-        if nan_injected("train_grad"):  # fault injection (tests only)
-            next(p for p in flow.parameters() if p.grad is not None).grad.fill_(float("inf"))
+    if nan_injected("train_loss"):  # fault injection (tests only): a NaN loss, finite gradient
+        loss = loss + float("nan")
+    loss.backward()
+    if nan_injected("train_grad"):  # fault injection (tests only)
+        next(p for p in flow.parameters() if p.grad is not None).grad.fill_(float("inf"))
     if world is not None:
-        loss_ok = world.all_ok(loss_ok)
-        if loss_ok:
-            world.allreduce_gradients(flow)
-    grad_norm = float("nan")
-    if loss_ok:
-        gn = torch.nn.utils.clip_grad_norm_(
-            flow.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        )
-        grad_norm = float(gn)
+        _poison_gradient_with(loss, flow)
+        world.allreduce_gradients(flow)
+    gn = torch.nn.utils.clip_grad_norm_(
+        flow.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf")
+    )
+    loss_value, grad_norm = torch.stack([loss.detach().double(), gn.double()]).tolist()
+    loss_ok = math.isfinite(loss_value)
     if not (loss_ok and math.isfinite(grad_norm)):
         run.optimizer.zero_grad(set_to_none=True)
         run.nonfinite_total += 1
@@ -98,7 +112,7 @@ def optimizer_step(run: TrainRun) -> None:
     run.step_no += 1
     run.steps_window += 1
     run.cpu_used = run.cpu_base + (time.process_time() - run.cpu_t0)
-    run.window_loss.append(float(loss.detach()) if loss_ok else float("nan"))
-    run.window_gn.append(grad_norm)
+    run.window_loss.append(loss_value if loss_ok else float("nan"))
+    run.window_gn.append(grad_norm if loss_ok else float("nan"))
     if "log_w" in info:
         run.window_lw.append(info["log_w"].double())

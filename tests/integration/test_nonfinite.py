@@ -13,7 +13,7 @@ from lattice_flows.cli import main
 from lattice_flows.io.checkpoint import load_checkpoint, save_checkpoint
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.io.train_log import read_train_log
-from tests.conftest import cli, write_config
+from tests.conftest import assert_same_flow, cli, write_config
 
 
 def _raw(out, **train):
@@ -94,6 +94,21 @@ def test_injected_nan_training_steps_are_skipped_counted_and_reported(tmp_path):
         assert all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor))
         summary = json.loads((out / "train_summary.json").read_text())
         assert summary["steps"] == 12 and summary["nonfinite_steps"] == n_bad
+
+
+def test_a_skipped_step_changes_no_weight(tmp_path):
+    """A NaN loss with a finite gradient (the injection adds NaN to the loss only) at the last
+    of 3 steps: the step is skipped on the loss alone, so the flow ends bit-identical to that of
+    a 2-step run (constant lr: the schedule does not depend on the number of steps)."""
+    raw = _raw(tmp_path / "two", steps=2, log_every=1, lr_schedule="constant")
+    two = write_config(tmp_path / "two.yaml", raw)
+    cli("train", str(two), "--no-progress")
+    three = write_config(tmp_path / "three.yaml", {**raw, "output": {"dir": str(tmp_path / "three")},
+                                                   "train": {**raw["train"], "steps": 3}})
+    proc = cli("train", str(three), "--no-progress", env_extra={"LATTICE_FLOWS_NAN_AT": "train_loss:3"})
+    assert proc.stderr.count("non-finite loss or gradient; step skipped") == 1
+    assert read_train_log(tmp_path / "three" / "train.h5")["nonfinite"].tolist() == [0, 0, 1]
+    assert_same_flow(tmp_path / "two" / "flow.pt", tmp_path / "three" / "flow.pt")
 
 
 def test_injected_nan_proposal_is_rejected_counted_and_reported(tmp_path):

@@ -152,6 +152,28 @@ def test_two_rank_training_runs_and_resumes_exactly(tmp_path):
     np.testing.assert_array_equal(ra["loss"], rb["loss"])
 
 
+@pytest.mark.mpi
+def test_a_non_finite_step_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    """A NaN loss with a finite gradient on rank 1 only, at the last of 3 steps: every rank
+    skips the step together (training/train_step.py: the local loss poisons the gradient before
+    the all-reduce), so rank 0's flow ends bit-identical to that of a 2-step 2-rank run and
+    rank 0, whose own loss is finite, counts the skip; had it stepped alone, its weights would
+    differ. (An inf gradient on one rank reaches every rank through the all-reduce itself.)"""
+    raw = flow_raw(tmp_path / "two", train={"steps": 2, "log_every": 1, "checkpoint_every": 1})
+    mpirun("-m", "lattice_flows", "train", str(write_config(tmp_path / "two.yaml", raw)), "--no-progress")
+    out = tmp_path / "three"
+    cfg = write_config(tmp_path / "three.yaml", apply_set(
+        {**raw, "output": {**raw["output"], "dir": str(out)}}, steps=3))
+    cmd = [sys.executable, "-m", "lattice_flows", "train", str(cfg), "--no-progress"]
+    proc = subprocess.run([MPIEXEC, "-n", "1", *cmd, ":", "-n", "1", "-env",
+                           "LATTICE_FLOWS_NAN_AT", "train_loss:3", *cmd],
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("non-finite loss or gradient; step skipped") == 1, proc.stderr[-2000:]
+    assert _train_records(out / "train.h5")["nonfinite"].tolist() == [0, 0, 1]
+    assert_same_flow(tmp_path / "two" / "flow.pt", out / "flow.pt")
+
+
 # Regression tests: training resumed on more ranks than it was checkpointed with once gave
 # rank 1 rank 0's RNG state (identical batches) and crashed on the data RNG (IndexError).
 
