@@ -176,10 +176,14 @@ class TrainConfig:
         10240, "a positive integer (fresh samples for the final ESS/acceptance)")
     eval_batch_size: PosInt = key(512, "a positive integer")
     time_budget: PosNumber | None = key(
-        None, "null or a positive number of CPU-seconds for training")
+        None, "null or a positive number of seconds for training (on train.budget_clock)")
     sign_flip: Flag = key(True, "true or false (random Z2 sign flips of training data)")
     validation_fraction: number(ge=0, le=0.5) = key(
         0.1, "a number in [0, 0.5] (share of data rows held out for the validation NLL)")
+    budget_clock: Literal["device", "cpu", "wall"] = key(
+        "device", note="the clock of time_budget and of its cosine schedule: device-s (CPU-s on "
+        "a CPU, wall-s of the GPU on CUDA), CPU-s or wall-s; fixed for a run (a resumed run "
+        "keeps it)")
 
     @model_validator(mode="after")
     def _data_for_data_objectives(self) -> "TrainConfig":

@@ -39,7 +39,7 @@ def write_record(run: TrainRun) -> dict[str, float]:
         "grad_norm": float(np.nanmean(run.window_gn)),
         "lr": run.current_lr,
         "steps_per_s": run.steps_window / max(1e-9, time.perf_counter() - run.t_window),
-        "cpu_s": run.cpu_used,
+        **run.seconds.as_dict(),  # cpu_s, wall_s, device_s (lattice_flows.training.budget)
         "nonfinite": float(run.nonfinite_total),
     }
     if run.window_lw:
@@ -83,7 +83,8 @@ def checkpoint(run: TrainRun) -> None:
         "model": cpu_state_dict(run.flow),
         "optimizer": run.optimizer.state_dict(),
         "step": run.step_no,
-        "cpu_s": run.cpu_used,
+        **run.seconds.as_dict(),
+        "device_kind": run.clock.device_kind,
         "nonfinite": run.nonfinite_total,
         "rng": [r.clone() for r in rngs],
     }
@@ -96,10 +97,12 @@ def checkpoint(run: TrainRun) -> None:
 def finish(run: TrainRun) -> TrainResult:
     """Evaluate the flow on ``train.eval_samples`` fresh samples (rank 0), write
     ``train_summary.json`` and the log's final attributes."""
-    world, step, cpu_used, tc = run.world, run.step_no, run.cpu_used, run.tc
-    # CPU-s of all ranks (cost accounting compares with summed sampling CPU-s)
-    cpu_all = world.sum(cpu_used) if world is not None else cpu_used
-    result = TrainResult(run.run_dir, step, float("nan"), float("nan"), cpu_all, run.nonfinite_total)
+    world, step, seconds, tc = run.world, run.step_no, run.seconds, run.tc
+    # the clocks of all ranks (cost accounting compares with summed sampling seconds)
+    total = {k: world.sum(v) if world is not None else v for k, v in seconds.as_dict().items()}
+    result = TrainResult(run.run_dir, step, float("nan"), float("nan"), total["cpu_s"],
+                         run.nonfinite_total, total["wall_s"], total["device_s"],
+                         run.clock.device_kind)
     if not run.is_root:
         return result
     flow = run.flow
@@ -108,14 +111,16 @@ def finish(run: TrainRun) -> TrainResult:
     ev = evaluate_flow(flow, run.action, tc.eval_samples, tc.eval_batch_size, eval_gen)
     result.ess, result.acceptance = ev["ess"], ev["acceptance"]
     summary = {**result.as_dict(), **{f"eval_{k}": v for k, v in ev.items()},
-               "params": flow.n_params()}
+               "params": flow.n_params(), "budget_clock": tc.budget_clock}
     write_text_atomic(run.run_dir / SUMMARY_NAME, json.dumps(summary, indent=1))  # read back on rerun
     if run.tlog is not None:
         run.tlog.set_attrs({"final_ess": ev["ess"], "final_acceptance": ev["acceptance"],
-                            "eval_samples": ev["n_samples"], "steps_done": step})
+                            "eval_samples": ev["n_samples"], "steps_done": step,
+                            "device_kind": run.clock.device_kind})
     log.info(
-        "trained %d steps (%.1f CPU-s): ESS/N = %.3f, Metropolis acceptance = %.3f on %d fresh "
-        "samples (%.0f proposals/s)", step, cpu_used, ev["ess"], ev["acceptance"],
+        "trained %d steps (%.1f CPU-s, %.1f wall-s, %.1f device-s on %s): ESS/N = %.3f, "
+        "Metropolis acceptance = %.3f on %d fresh samples (%.0f proposals/s)", step,
+        seconds.cpu_s, seconds.wall_s, seconds.device_s, run.clock.device_kind, ev["ess"], ev["acceptance"],
         ev["n_samples"], ev["proposals_per_s"],
     )
     if ev["weights_flags"]:

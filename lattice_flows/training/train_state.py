@@ -5,8 +5,8 @@ Setup: flow, estimator, data, optimiser, random streams and the metric window; s
 
 The order of the setup fixes the seeds' use (:mod:`lattice_flows.runtime.seeds`): parameter
 initialisation from one stream identical on every rank, then per-rank streams for the flow's
-draws and the data. A checkpoint restores weights, optimiser, counters, CPU-s, every rank's random
-streams and the metric window, so a resumed run records what an uninterrupted one does
+draws and the data. A checkpoint restores weights, optimiser, counters, the three clocks
+(:mod:`lattice_flows.training.budget`), every rank's random streams and the metric window, so a resumed run records what an uninterrupted one does
 (another number of ranks: fresh independent streams, with a warning). The step is
 :mod:`lattice_flows.training.train_step`, records, checkpoints and the final evaluation are
 :mod:`lattice_flows.training.train_record`; the loop is :mod:`lattice_flows.training.trainer`.
@@ -15,6 +15,7 @@ streams and the metric window, so a resumed run records what an uninterrupted on
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,11 @@ from lattice_flows.io.checkpoint import CheckpointError, load_checkpoint
 from lattice_flows.io.runfolder import config_yaml, provenance, write_config
 from lattice_flows.io.train_log import TrainLog
 from lattice_flows.logs import log
+from lattice_flows.runtime.clock import ZERO, Seconds
 from lattice_flows.runtime.resume import check_resumable
 from lattice_flows.runtime.seeds import derive_seed, make_generator
 from lattice_flows.theory.phi4 import Phi4Action
+from lattice_flows.training.budget import TrainClock, budget_reached, checkpoint_seconds
 from lattice_flows.training.estimators import make_estimator
 
 CHECKPOINT_NAME = "train.ckpt"
@@ -45,7 +48,11 @@ SUMMARY_NAME = "train_summary.json"
 @dataclass
 class TrainResult:
     """What :func:`lattice_flows.training.trainer.train_flow` returns (ESS/N and acceptance on
-    fresh samples after training; NaN on ranks other than 0)."""
+    fresh samples after training; NaN on ranks other than 0). The training's CPU-, wall- and
+    device-seconds are summed over the ranks (what a cluster bills: core-seconds on CPUs,
+    GPU-seconds on GPUs); ``device_kind`` names the currency of the device-seconds
+    (:func:`lattice_flows.runtime.clock.device_kind`). A summary written before the clocks
+    existed reads back wall-s NaN, device-s = its CPU-s and device kind ``cpu``."""
 
     run_dir: Path
     steps: int
@@ -53,6 +60,9 @@ class TrainResult:
     acceptance: float
     train_cpu_s: float
     nonfinite_steps: int
+    train_wall_s: float = math.nan
+    train_device_s: float = math.nan
+    device_kind: str = "cpu"
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -84,7 +94,7 @@ class TrainRun:
     """The state of one training run: setup (``__init__``: flow, estimator, data, optimiser,
     random streams, in the order that fixes the seeds' use), :meth:`resume` (checkpoint or
     ``train.init_from``, then the metric log), :meth:`completed`, :meth:`restore_window` and
-    :meth:`start_clock` (the CPU-s account). The step (``train_step.optimizer_step``) and the
+    :meth:`start_clock` (the clocks' account, :mod:`lattice_flows.training.budget`). The step (``train_step.optimizer_step``) and the
     records, checkpoints and final evaluation (``train_record``) read and advance it."""
 
     def __init__(self, cfg: Config, run_dir: Path, world) -> None:
@@ -128,7 +138,10 @@ class TrainRun:
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.flow.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.gen = make_generator(self.device, derive_seed(cfg.seed, self.rank, 1))
-        self.step_no, self.cpu_used, self.nonfinite_total = 0, 0.0, 0
+        self.step_no, self.nonfinite_total = 0, 0
+        #: the three clocks after the last step (from the checkpoint's on a resume)
+        self.seconds: Seconds = ZERO
+        self.clock = TrainClock(self.device)
         self.consecutive_bad = 0
         # the metrics window of the checkpoint: a resumed log equals an uninterrupted one
         self.resumed_window: dict[str, Any] | None = None
@@ -166,7 +179,13 @@ class TrainRun:
         load_flow_weights(self.flow, ckpt_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_no = int(state["step"])
-        self.cpu_used = float(state["cpu_s"])
+        self.seconds, kind = checkpoint_seconds(state)
+        if kind != self.clock.device_kind and self.is_root:
+            log.warning(
+                "resuming a training checkpointed on device kind %s on %s: its device-seconds "
+                "add seconds of two kinds of device (train.budget_clock 'device' counts both)",
+                kind, self.clock.device_kind,
+            )
         self.nonfinite_total = int(state["nonfinite"])
         rngs = state["rng"]
         if len(rngs) == size:
@@ -193,14 +212,18 @@ class TrainRun:
         """The result of a run that already finished (its summary is read back), else None."""
         tc = self.tc
         summary_path = self.run_dir / SUMMARY_NAME
-        budget_done = tc.time_budget is not None and self.cpu_used >= tc.time_budget
+        budget_done = budget_reached(self.seconds, tc.time_budget, tc.budget_clock)
         if (self.step_no >= tc.steps or budget_done) and summary_path.exists():
             done = json.loads(summary_path.read_text())
             if int(done.get("steps", -1)) == self.step_no:
                 if self.is_root:
                     log.info("training in %s is already complete (%d steps)", self.run_dir, self.step_no)
+                cpu = float(done["train_cpu_s"])
                 return TrainResult(self.run_dir, self.step_no, float(done["ess"]), float(done["acceptance"]),
-                                   float(done["train_cpu_s"]), int(done["nonfinite_steps"]))
+                                   cpu, int(done["nonfinite_steps"]),
+                                   float(done.get("train_wall_s", math.nan)),
+                                   float(done.get("train_device_s", cpu)),
+                                   str(done.get("device_kind", "cpu")))
         return None
 
     def restore_window(self) -> None:
@@ -214,6 +237,6 @@ class TrainRun:
                 self.window_lw = [w["log_w"][self.rank].to(self.device)]
 
     def start_clock(self) -> None:
-        """Start the CPU-time account (``cpu_used`` continues the checkpoint's) and the window's."""
+        """Start the clocks (continuing the checkpoint's ``seconds``) and the window's."""
         self.t_window, self.steps_window = time.perf_counter(), 0
-        self.cpu_t0, self.cpu_base = time.process_time(), self.cpu_used
+        self.clock = TrainClock(self.device, self.seconds)

@@ -12,12 +12,12 @@ steps in a row stop the run with :class:`TrainingError`. The run's state is
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
 from lattice_flows.faults import nan_injected
 from lattice_flows.logs import log
+from lattice_flows.training.budget import budget_fraction
 from lattice_flows.training.train_state import TrainRun
 
 
@@ -29,8 +29,9 @@ def lr_multiplier(step: int, total: int, warmup: int, schedule: str,
                   budget_fraction: float = 0.0) -> float:
     """Multiplier of the base lr: linear warm-up, then constant or cosine decay to 0.
 
-    The cosine runs over the steps, or over the CPU-time budget when ``train.time_budget`` is
-    set, whichever is used up first (``budget_fraction`` = CPU-s used / budget).
+    The cosine runs over the steps, or over the time budget when ``train.time_budget`` is
+    set, whichever is used up first (``budget_fraction`` = seconds used / budget, both on
+    ``train.budget_clock``, :mod:`lattice_flows.training.budget`).
     """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
@@ -43,7 +44,7 @@ def lr_multiplier(step: int, total: int, warmup: int, schedule: str,
 def _set_lr(run: TrainRun) -> float:
     """Set the optimiser's lr for the coming step (:func:`lr_multiplier`) and return it."""
     tc = run.tc
-    frac = run.cpu_used / tc.time_budget if tc.time_budget else 0.0
+    frac = budget_fraction(run.seconds, tc.time_budget, tc.budget_clock)
     lr = tc.lr * lr_multiplier(run.step_no, tc.steps, tc.warmup_steps, tc.lr_schedule, frac)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -111,7 +112,7 @@ def optimizer_step(run: TrainRun) -> None:
         run.optimizer.step()
     run.step_no += 1
     run.steps_window += 1
-    run.cpu_used = run.cpu_base + (time.process_time() - run.cpu_t0)
+    run.seconds = run.clock.read()
     run.window_loss.append(loss_value if loss_ok else float("nan"))
     run.window_gn.append(grad_norm if loss_ok else float("nan"))
     if "log_w" in info:

@@ -4,7 +4,7 @@ Run folder of a training run (``output.dir``)::
 
     config.yaml   resolved config + provenance
     train.h5      metrics every ``train.log_every`` steps (lattice_flows.io.train_log)
-    train.ckpt    model, optimiser, RNG states, step, CPU-s used (atomic; resume point)
+    train.ckpt    model, optimiser, RNG states, step, CPU-/wall-/device-s used (atomic; resume point)
     flow.pt       the trained flow: weights + architecture + lattice (input of `sample`)
     train_summary.json  final ESS/N and independence-Metropolis acceptance on fresh samples
 
@@ -27,6 +27,7 @@ from lattice_flows.io.lock import RunLock
 from lattice_flows.logs import log
 from lattice_flows.progress import progress_bar
 from lattice_flows.signals import StopRequested, stop_requested
+from lattice_flows.training.budget import budget_reached, clock_label
 from lattice_flows.training.train_record import checkpoint, finish, write_record
 from lattice_flows.training.train_state import TrainResult, TrainRun
 from lattice_flows.training.train_step import optimizer_step
@@ -61,8 +62,12 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
     t.restore_window()
     stopped_by_budget = False
     t.start_clock()
+    unit = clock_label(tc.budget_clock, t.clock.device_kind)
+    if tc.time_budget is not None and t.is_root:
+        log.info("time budget of %g %s (train.budget_clock: %s)", tc.time_budget, unit,
+                 tc.budget_clock)
     while t.step_no < tc.steps:
-        over_budget = tc.time_budget is not None and t.cpu_used >= tc.time_budget
+        over_budget = budget_reached(t.seconds, tc.time_budget, tc.budget_clock)
         if world is not None:
             over_budget = bool(world.bcast(over_budget))  # rank 0's clock decides for all
         if over_budget:
@@ -86,5 +91,5 @@ def _train(cfg: Config, run_dir: Path, progress: bool, world) -> TrainResult:
     bar.close()
     checkpoint(t)
     if stopped_by_budget and t.is_root:
-        log.info("time budget of %.0f CPU-s reached at step %d", tc.time_budget, t.step_no)
+        log.info("time budget of %g %s reached at step %d", tc.time_budget, unit, t.step_no)
     return finish(t)

@@ -290,6 +290,7 @@ KEYS_ADDED_SINCE_RECORD_BEFORE = (
     ("flow", "zero_mode_widths"), ("hmc", "fourier_acceleration"), ("hmc", "fa_kernel"),
     ("hmc", "fa_mu2"), ("hmc", "trajectory_length"),  # issue 15
     ("compile", None),  # issue 16: a top-level key
+    ("train", "budget_clock"),  # issue 16
 )
 
 
@@ -386,7 +387,9 @@ REFUSALS_BEFORE = [
     ('train.eval_samples', 'fast',
      'a positive integer (fresh samples for the final ESS/acceptance)'),
     ('train.eval_batch_size', 'fast', 'a positive integer'),
-    ('train.time_budget', 'fast', 'null or a positive number of CPU-seconds for training'),
+    # issue 16: the budget counts the seconds of train.budget_clock (CPU-s before)
+    ('train.time_budget', 'fast',
+     'null or a positive number of seconds for training (on train.budget_clock)'),
     ('train.sign_flip', 'fast', 'true or false (random Z2 sign flips of training data)'),
     ('train.validation_fraction', 'fast',
      'a number in [0, 0.5] (share of data rows held out for the validation NLL)'),
@@ -437,7 +440,7 @@ SPECIAL_BEFORE = [
      'number.'),
     ({'train.time_budget': -math.inf},
      "config key 'train.time_budget': value -inf is not a finite number; expected null or "
-     'a positive number of CPU-seconds for training.'),
+     'a positive number of seconds for training (on train.budget_clock).'),  # issue 16
     ({'lattice.shape': _DELETE},
      "config key 'lattice.shape' is missing; expected a list of positive integer extents, "
      'e.g. [8, 8].'),
@@ -458,7 +461,7 @@ SPECIAL_BEFORE = [
      'lr_schedule, warmup_steps, optimizer, weight_decay, objective, data, alpha, '
      'alpha_final, grad_clip, max_nonfinite, log_every, checkpoint_every, init_from, '
      'init_from_missing, eval_samples, eval_batch_size, time_budget, sign_flip, '
-     'validation_fraction), got [1].'),
+     'validation_fraction, budget_clock), got [1].'),  # budget_clock: issue 16
     ({'action': 'x'},
      "config section 'action': expected a mapping with either {m2, lam} or {kappa, "
      "lam_hop}, got 'x'."),
@@ -548,6 +551,17 @@ REFUSALS_HMC_TUNING = [
 @pytest.mark.parametrize("key,value,expected", REFUSALS_HMC_TUNING,
                          ids=[f"{k}={v!r}" for k, v, _ in REFUSALS_HMC_TUNING])
 def test_hmc_tuning_refusals_name_key_value_and_what_is_allowed(key, value, expected):
+    test_refusals_keep_their_wording(key, value, expected)
+
+
+# issue 16: the clock of train.time_budget
+REFUSALS_BUDGET_CLOCK = [('train.budget_clock', 'gpu', 'one of device, cpu, wall'),
+                         ('train.budget_clock', 1, 'one of device, cpu, wall')]
+
+
+@pytest.mark.parametrize("key,value,expected", REFUSALS_BUDGET_CLOCK,
+                         ids=[f"{k}={v!r}" for k, v, _ in REFUSALS_BUDGET_CLOCK])
+def test_budget_clock_refusals_name_key_value_and_what_is_allowed(key, value, expected):
     test_refusals_keep_their_wording(key, value, expected)
 
 
