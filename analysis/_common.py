@@ -128,17 +128,22 @@ def find_train_logs(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def read_train_cpu_s(run_dir: Path) -> float:
-    """``train_cpu_s`` from ``train_summary.json`` of a flow run folder."""
+def read_train_cost(run_dir: Path) -> tuple[float, str]:
+    """The training's device-seconds and device kind (``train_device_s``, ``device_kind``) from
+    ``train_summary.json`` of a flow run folder; a summary written before the clocks has only
+    ``train_cpu_s``, of a CPU run: device-s = CPU-s, device kind ``cpu``."""
     f = run_dir / "train_summary.json"
     if not f.exists():
         raise fail(f"{f}: no such file; --train-cost needs the flow's training summary next to "
                    "its sample file.")
     try:
-        value = float(json.loads(f.read_text())["train_cpu_s"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise fail(f"{f}: cannot read 'train_cpu_s' ({type(exc).__name__}: {exc}).") from None
-    return value
+        summary = json.loads(f.read_text())
+        seconds = float(summary.get("train_device_s", summary["train_cpu_s"]))
+        kind = str(summary.get("device_kind", "cpu"))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise fail(f"{f}: cannot read 'train_device_s' or 'train_cpu_s' "
+                   f"({type(exc).__name__}: {exc}).") from None
+    return seconds, kind
 
 
 def jsonable(obj):

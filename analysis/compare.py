@@ -3,10 +3,12 @@
 
 Per observable: each run's value ± Γ-method error (τ_int), the z-score of the difference to the
 reference run, z = (O_i − O_ref) / sqrt(σ_i² + σ_ref²), the ratio τ_int,i / τ_int,ref and the
-ratio of CPU-seconds per effective sample, CPU-s × 2 τ_int / N (docs/conventions.md "Statistics";
-:func:`lattice_flows.comparison.compare`). ``--train-cost`` adds the flow's training CPU-s
-(``train_cpu_s`` of ``train_summary.json`` next to the flow that made the samples) to every
-flow run's cost, i.e. amortises training over the samples of this run.
+ratio of device-seconds per effective sample, device-s × 2 τ_int / N (docs/conventions.md
+"Statistics"; :func:`lattice_flows.comparison.compare`). Device-s are CPU-s on a CPU and wall-s of
+the GPU on CUDA; runs on different device kinds get no cost ratio ("n/a", with the reason).
+``--train-cost`` adds the flow's training device-s (``train_device_s`` and ``device_kind`` of
+``train_summary.json`` next to the flow that made the samples; older summaries: ``train_cpu_s``
+of a CPU run) to every flow run's cost, i.e. amortises training over the samples of this run.
 
 Writes ``comparison.md`` and ``comparison.json`` to ``--out``.
 
@@ -30,8 +32,9 @@ DEFAULT_OBSERVABLES = "absM,M2,chi2,E,action_density,U4,G[0],G[1],C[1],m_eff[1]"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compare.py",
-        description="Compare runs: values, z-scores, tau_int ratios and CPU-s per effective "
-                    "sample. A run folder stands for all its sample files.",
+        description="Compare runs: values, z-scores, tau_int ratios and device-s per effective "
+                    "sample (CPU-s on a CPU, GPU wall-s on CUDA). A run folder stands for all "
+                    "its sample files.",
     )
     p.add_argument("paths", nargs="+", help="run folders or sample files (>= 2 files in all)")
     p.add_argument("--names", default=None,
@@ -40,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="index (0-based, in input order) of the run the z-scores and ratios "
                         "refer to (default 0)")
     p.add_argument("--train-cost", action="store_true",
-                   help="add the flow's training CPU-s (train_summary.json 'train_cpu_s') to "
-                        "the cost of each flow run")
+                   help="add the flow's training device-s (train_summary.json "
+                        "'train_device_s', of the same device kind) to the cost of each flow run")
     p.add_argument("--observables", default=DEFAULT_OBSERVABLES,
                    help=f"comma-separated observables (default {DEFAULT_OBSERVABLES}); "
                         "ones missing from any run are skipped")
@@ -76,38 +79,39 @@ def main(argv: list[str] | None = None) -> int:
             raise C.fail(f"--discard must be >= 0, got {args.discard}")
         order = [args.reference] + [i for i in range(len(sources)) if i != args.reference]
         sources = [sources[i] for i in order]
-        extra_cpu: dict[int, float] = {}
-        train_cost: dict[str, float] = {}
+        extra_cost: dict[int, tuple[float, str]] = {}
+        train_cost: dict[str, tuple[float, str]] = {}
         if args.train_cost:
             for i, s in enumerate(sources):
                 if s.kind.startswith("flow"):
-                    extra_cpu[i] = C.read_train_cpu_s(flow_run_dir(s))
-                    train_cost[s.label] = extra_cpu[i]
-            if not extra_cpu:
+                    extra_cost[i] = C.read_train_cost(flow_run_dir(s))
+                    train_cost[s.label] = extra_cost[i]
+            if not extra_cost:
                 print("compare.py: warning: --train-cost given but no flow run among the inputs",
                       file=sys.stderr)
         observables = tuple(o.strip() for o in args.observables.split(",") if o.strip())
         cmp = compare([s.path for s in sources], [s.label for s in sources],
-                      discard=args.discard, observables=observables, extra_cpu=extra_cpu)
+                      discard=args.discard, observables=observables, extra_cost=extra_cost)
         adjusted = sorted(s.label for s in sources if s.kind == "flow-importance")
         for r, s in zip(cmp["runs"], sources):
-            r["train_cpu_s_added"] = train_cost.get(s.label, 0.0)
+            added, kind = train_cost.get(s.label, (0.0, r["device_kind"]))
+            r["train_device_s_added"], r["train_device_kind"] = added, kind
         missing = [o for o in observables if o not in {line["observable"] for line in cmp["table"]}]
         cmp["skipped_observables"] = missing
         cmp["reference"] = sources[0].label
         cmp["discard"] = {r["name"]: r["discard"] for r in cmp["runs"]}
-        cost_note = ("including the flow's training CPU-s" if extra_cpu
-                     else "sampling CPU-s only (use --train-cost to add flow training)")
+        cost_note = ("device-s, including the flow's training device-s" if extra_cost
+                     else "sampling device-s only (use --train-cost to add flow training)")
         text = (f"# Comparison (reference: {sources[0].label}; cost: {cost_note})\n\n"
                 + format_comparison(cmp) + "\n")
         if missing:
             text += f"\nSkipped (missing in some run): {', '.join(missing)}.\n"
         if train_cost:
-            text += "\nTraining CPU-s added: " + ", ".join(
-                f"{k}: {v:.1f}" for k, v in train_cost.items()) + ".\n"
+            text += "\nTraining device-s added: " + ", ".join(
+                f"{k}: {v:.1f} on {kind}" for k, (v, kind) in train_cost.items()) + ".\n"
         if adjusted:
             text += ("\nImportance sampling (" + ", ".join(adjusted) + "): τ shown is the effective "
-                     "1/(2 ESS/N), so cost per effective sample = CPU-s / ESS.\n")
+                     "1/(2 ESS/N), so cost per effective sample = device-s / ESS.\n")
         text += (f"\nz = (O − O_ref)/sqrt(σ² + σ_ref²) with reference {sources[0].label}: > 0 "
                  "means the run is higher; every ratio is run / reference (< 1: the run has the "
                  "smaller τ_int, is cheaper per effective sample); τ_int in units of saved rows.\n")

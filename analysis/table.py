@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def collect(args) -> list[dict]:
+    from lattice_flows.comparison import run_seconds
     from lattice_flows.table_format import weight_notes, weight_warnings
     from lattice_flows.tables import analyze_samples
 
@@ -62,7 +63,7 @@ def collect(args) -> list[dict]:
         meta = {"run": src.label, "file": str(src.path), "kind": src.kind,
                 "lattice_shape": list(sf.lattice_shape), "m2": sf.attrs.get("m2"),
                 "lam": sf.attrs.get("lam"), "n_saved": sf.n_saved, "n_chains": sf.n_chains,
-                "discard": rows.discard, "S": args.S, "cpu_s": sf.attrs.get("cpu_s"),
+                "discard": rows.discard, "S": args.S, **run_seconds(sf.attrs),
                 "weights": rows.weights, "warnings": weight_warnings(rows, src.label),
                 "notes": weight_notes(rows, src.label)}
         results.append({"meta": meta, "observables": [r.as_dict() for r in rows]})

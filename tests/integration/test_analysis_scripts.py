@@ -106,15 +106,17 @@ def test_compare(run_dir, tmp_path):
     assert [r["name"] for r in cmp["runs"]] == ["flow", "HMC"]
     summary = json.loads((run_dir / "train_summary.json").read_text())
     flow = cmp["runs"][0]
-    assert flow["train_cpu_s_added"] == pytest.approx(summary["train_cpu_s"])
+    assert flow["train_device_s_added"] == pytest.approx(summary["train_device_s"])
+    assert flow["train_device_kind"] == summary["device_kind"] == flow["device_kind"] == "cpu"
     line = next(line for line in cmp["table"] if line["observable"] == "absM")
     assert {"value", "error", "z_vs_first", "tau_int_ratio", "cost_ratio"} <= set(line["runs"][1])
     # every ratio names its direction: run / reference, here HMC / flow
     text = md.read_text()
-    assert "cost per eff. sample HMC / flow (< 1: HMC cheaper)" in text
+    assert "cost per eff. sample HMC / flow (< 1: HMC cheaper), ratio of device-s" in text
     assert "τ_int HMC / flow" in text and "z = (HMC − flow)" in text
     assert line["runs"][1]["ratio_of"] == "HMC / flow"
-    assert cmp["ratio_directions"]["cost_ratio"].startswith("CPU-s per effective sample, run / ref")
+    assert cmp["ratio_directions"]["cost_ratio"].startswith("device-s per effective sample, run / ref")
+    assert cmp["cost_unit"] == "device-s" and cmp["device_kinds"] == ["cpu"]
 
 
 def test_compare_z_score_and_cost_ratio_by_hand(run_dir, tmp_path):
@@ -126,15 +128,16 @@ def test_compare_z_score_and_cost_ratio_by_hand(run_dir, tmp_path):
               "--format", "json", "--out", tmp_path, "--quiet"))
     cmp = json.loads((tmp_path / "comparison.json").read_text())
     tables = {r["meta"]["run"]: r for r in json.loads((tmp_path / "table.json").read_text())["runs"]}
-    train_cpu = json.loads((run_dir / "train_summary.json").read_text())["train_cpu_s"]
+    train_dev = json.loads((run_dir / "train_summary.json").read_text())["train_device_s"]
     est, cost = {}, {}
-    for name, fname, extra in (("flow", "samples.h5", train_cpu), ("HMC", "hmc.h5", 0.0)):
-        with h5py.File(run_dir / fname, "r") as f:
-            cpu, n_chains = float(f.attrs["cpu_s"]) + extra, int(f.attrs["n_chains"])
+    for name, fname, extra in (("flow", "samples.h5", train_dev), ("HMC", "hmc.h5", 0.0)):
+        with h5py.File(run_dir / fname, "r") as f:  # device-s; files of before them: CPU-s
+            dev = float(f.attrs.get("device_s", f.attrs["cpu_s"])) + extra
+            n_chains = int(f.attrs["n_chains"])
         meta = tables[name]["meta"]
         n = (meta["n_saved"] - meta["discard"]) * n_chains
         est[name] = next(o for o in tables[name]["observables"] if o["name"] == "absM")
-        cost[name] = cpu * 2 * est[name]["tau_int"] / n  # CPU-s per effective sample
+        cost[name] = dev * 2 * est[name]["tau_int"] / n  # device-s per effective sample
     z = (est["HMC"]["value"] - est["flow"]["value"]) / math.hypot(est["HMC"]["error"],
                                                                   est["flow"]["error"])
     hmc = next(line for line in cmp["table"] if line["observable"] == "absM")["runs"][1]
@@ -160,9 +163,9 @@ def test_compare_reports_against_the_cheapest_of_several_baselines(run_dir, tmp_
     cmp = json.loads((tmp_path / "comparison.json").read_text())
     for line in cmp["table"]:
         flow, h1, h2 = line["runs"]
-        best = min((h1["cpu_s_per_eff"], "HMC"), (h2["cpu_s_per_eff"], "HMC2"))
+        best = min((h1["device_s_per_eff"], "HMC"), (h2["device_s_per_eff"], "HMC2"))
         assert line["best_classical"] == best[1]
-        assert flow["cost_vs_best_classical"] == pytest.approx(flow["cpu_s_per_eff"] / best[0])
+        assert flow["cost_vs_best_classical"] == pytest.approx(flow["device_s_per_eff"] / best[0])
         assert min(h1["cost_vs_best_classical"], h2["cost_vs_best_classical"]) == pytest.approx(1.0)
     assert "cost per eff. sample / the cheapest classical run (which)" in (
         tmp_path / "comparison.md").read_text()
