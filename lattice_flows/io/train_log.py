@@ -2,7 +2,10 @@
 
 Layout (format ``lattice_flows.train``, version 1): attrs format, format_version, config,
 provenance; datasets ``step`` (int64) and one float64 dataset per metric (loss, ess,
-acceptance, grad_norm, lr, steps_per_s, ...). A resumed run truncates records beyond its
+acceptance, grad_norm, lr, steps_per_s, the clocks cpu_s, wall_s and device_s of
+:mod:`lattice_flows.training.budget`, ...); at the end attrs final_ess, final_acceptance,
+eval_samples, steps_done and device_kind (the currency of device_s). Logs of older versions have
+no wall_s or device_s: their entries read NaN once a newer process appends. A resumed run truncates records beyond its
 checkpoint, so the history equals that of an uninterrupted run.
 
 Crash atomicity: the log is small, so every change is made to a copy in memory, written to a
