@@ -120,7 +120,8 @@ def finish(run: TrainRun) -> TrainResult:
     log.info(
         "trained %d steps (%.1f CPU-s, %.1f wall-s, %.1f device-s on %s): ESS/N = %.3f, "
         "Metropolis acceptance = %.3f on %d fresh samples (%.0f proposals/s)", step,
-        seconds.cpu_s, seconds.wall_s, seconds.device_s, run.clock.device_kind, ev["ess"], ev["acceptance"],
+        seconds.cpu_s, seconds.wall_s, seconds.device_s, run.clock.device_kind, ev["ess"],
+        ev["acceptance"],
         ev["n_samples"], ev["proposals_per_s"],
     )
     if ev["weights_flags"]:

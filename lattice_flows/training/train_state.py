@@ -6,8 +6,9 @@ Setup: flow, estimator, data, optimiser, random streams and the metric window; s
 The order of the setup fixes the seeds' use (:mod:`lattice_flows.runtime.seeds`): parameter
 initialisation from one stream identical on every rank, then per-rank streams for the flow's
 draws and the data. A checkpoint restores weights, optimiser, counters, the three clocks
-(:mod:`lattice_flows.training.budget`), every rank's random streams and the metric window, so a resumed run records what an uninterrupted one does
-(another number of ranks: fresh independent streams, with a warning). The step is
+(:mod:`lattice_flows.training.budget`), every rank's random streams and the metric window, so a
+resumed run records what an uninterrupted one does (another number of ranks: fresh independent
+streams, with a warning). The step is
 :mod:`lattice_flows.training.train_step`, records, checkpoints and the final evaluation are
 :mod:`lattice_flows.training.train_record`; the loop is :mod:`lattice_flows.training.trainer`.
 """
@@ -94,8 +95,9 @@ class TrainRun:
     """The state of one training run: setup (``__init__``: flow, estimator, data, optimiser,
     random streams, in the order that fixes the seeds' use), :meth:`resume` (checkpoint or
     ``train.init_from``, then the metric log), :meth:`completed`, :meth:`restore_window` and
-    :meth:`start_clock` (the clocks' account, :mod:`lattice_flows.training.budget`). The step (``train_step.optimizer_step``) and the
-    records, checkpoints and final evaluation (``train_record``) read and advance it."""
+    :meth:`start_clock` (the clocks' account, :mod:`lattice_flows.training.budget`). The step
+    (``train_step.optimizer_step``) and the records, checkpoints and final evaluation
+    (``train_record``) read and advance it."""
 
     def __init__(self, cfg: Config, run_dir: Path, world) -> None:
         assert cfg.flow is not None and cfg.train is not None
