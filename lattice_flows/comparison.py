@@ -72,7 +72,6 @@ def _ratio(c: float, c0: float, same_kind: bool) -> float:
 
 def compare(files: list[Path], names: list[str] | None = None, discard: int | None = None,
             observables: tuple[str, ...] = ("absM", "M2", "chi2", "E", "action_density", "U4", "G[0]"),
-            extra_cpu: dict[int, float] | None = None,
             rows: list[list[Row]] | None = None,
             extra_cost: dict[int, tuple[float, str]] | None = None) -> dict:
     """Compare runs: per observable the values, the z-score of each run against the first (the
@@ -83,13 +82,11 @@ def compare(files: list[Path], names: list[str] | None = None, discard: int | No
 
     ``extra_cost[i] = (device_s, device_kind)`` adds device-seconds (e.g. the flow's training,
     ``train_device_s`` and ``device_kind`` of its summary) to run i's cost; of another device
-    kind than run i's sampling, run i's cost is NaN. ``extra_cpu[i]`` (older callers) is
-    ``extra_cost[i] = (extra_cpu[i], "cpu")``: CPU-s of a training on a CPU. ``rows[i]``, when
+    kind than run i's sampling, run i's cost is NaN. ``rows[i]``, when
     given, is run i's :func:`analyze_samples` table (computed with the same ``discard``), so a
     caller that already has it does not repeat the Gamma-method analysis.
     """
-    extra = {i: (float(v), "cpu") for i, v in (extra_cpu or {}).items()}
-    extra.update(extra_cost or {})
+    extra = dict(extra_cost or {})
     runs = []
     for i, path in enumerate(files):
         sf = SampleFile(path)

@@ -72,7 +72,8 @@ def run_pipeline(cfg: Config, progress: bool = True, world=None) -> str:
         order = [1, 0]
         c_files, c_names, c_rows = ([x[i] for i in order] for x in (files, names, tables))
         cmp = compare(c_files, c_names, rows=c_rows)
-        cmp_amortised = compare(c_files, c_names, extra_cpu={1: res.train_cpu_s}, rows=c_rows)
+        training = {1: (res.train_device_s, res.device_kind)}  # device-s, like the sampling's
+        cmp_amortised = compare(c_files, c_names, extra_cost=training, rows=c_rows)
         text = ("## flow vs HMC (sampling cost only)\n\n" + format_comparison(cmp)
                 + "\n\n## flow vs HMC (flow training cost included)\n\n" + format_comparison(cmp_amortised))
         write_text_atomic(run_dir / "comparison.md", text + "\n")

@@ -115,7 +115,7 @@ def test_training_cost_is_added_only_on_the_same_device_kind(hmc_file, tmp_path)
     assert math.isnan(g["cost_s"]) and "training on cpu, sampling on cuda:NVIDIA H200" in g["cost_note"]
     assert all(math.isnan(line["runs"][1]["device_s_per_eff"]) for line in other["table"])
     assert "G: n/a: training on cpu" in format_comparison(other)
-    # older callers: extra_cpu = CPU-s of a training on a CPU
-    legacy = compare([cpu_run, cpu_run], ["A", "B"], extra_cpu={1: cpu_s})
+    # a training on a CPU added to a CPU run
+    legacy = compare([cpu_run, cpu_run], ["A", "B"], extra_cost={1: (cpu_s, "cpu")})
     assert legacy["runs"][1]["cost_s"] == 2 * cpu_s
     assert _cost_ratios(legacy, 1) == pytest.approx([2.0] * len(legacy["table"]), rel=1e-12)
