@@ -216,11 +216,8 @@ def markdown(out: dict) -> str:
         f"{'cold (fresh directory)' if out['cold_cache'] else 'warm'}; compile s = wall-s of the "
         "compiled warm-up round minus the eager one.",
     ]
-    lines.append("Measured on a shared machine (see the load lines): the figures are noisy and "
-                 "are to be re-measured on a quiet one.")
     for part, note in out.get("notes", {}).items():
-        if note:
-            lines.append(f"Machine load ({part}): {note}")
+        lines.append(f"What else ran ({part}): {note or 'not recorded (pass --note)'}")
     lines += ["", "| what | eager ms | compiled ms | speed-up | compile s |", "|---|---|---|---|---|"]
     for r in out["train"]:
         lines.append(fmt_row(f"training step, L = {r['L']}, {r['objective']}, batch 32", r))
