@@ -72,6 +72,31 @@ def family_sigma(n_checks: int, single: float = 3.0) -> float:
     return float(norm.isf(p_each / 2))
 
 
+def assert_free_field_hmc_exact(sf, shape: tuple[int, ...], m2: float, label: str) -> None:
+    """An HMC run of the free field (lam = 0) against the exact lattice results
+    (lattice_flows/theory/free_field.py; docs/conventions.md "Exact free-field results"):
+    chi2 = 1/(2 m2), <S>/V = 1/2 and G(0, t) for t = 0..L/2, each by its Gamma-method error,
+    Sidak-corrected for the number of checks; each error must also be small enough to mean
+    something (5 % of the exact value + 1e-3)."""
+    from lattice_flows.estimates import gamma_method
+    from lattice_flows.theory.free_field import exact_susceptibility, exact_two_point
+
+    G_exact = exact_two_point(shape, m2).numpy()
+    G = sf.observable("G")
+    checks = {
+        "chi2": (sf.observable("chi2"), exact_susceptibility(m2)),
+        "action_density": (sf.observable("action_density"), 0.5),
+        **{f"G(0,{t})": (G[:, :, 0, t], G_exact[0, t]) for t in range(shape[1] // 2 + 1)},
+    }
+    z_max = family_sigma(len(checks))
+    for name, (data, exact) in checks.items():
+        est = gamma_method(data)
+        z = (est.value - exact) / est.error
+        assert abs(z) < z_max, (
+            f"{label} {name}: {est.value:.5g} +- {est.error:.2g} vs {exact:.5g} (z = {z:.2f})")
+        assert est.error < 0.05 * abs(exact) + 1e-3, f"{label} {name}: error {est.error} too large"
+
+
 def sidak_z(alpha: float, n_checks: int) -> float:
     """Two-sided z threshold such that ``n_checks`` independent standard-normal statistics all
     stay below it with probability 1 - ``alpha`` (Sidak: per check 1 - (1 - alpha)^(1/n)).

@@ -12,9 +12,7 @@ import pytest
 from lattice_flows.config import config_from_dict
 from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.hmc_run import run_hmc
-from lattice_flows.estimates import gamma_method
-from lattice_flows.theory.free_field import exact_susceptibility, exact_two_point
-from tests.conftest import family_sigma
+from tests.conftest import assert_free_field_hmc_exact
 
 SHAPE = (8, 8)
 M2 = 1.0
@@ -38,18 +36,4 @@ def test_free_field_exact_results_on_device(tmp_path, device_slow_twin, dtype):
     assert cfg.device == device_slow_twin.type
     sf = SampleFile(run_hmc(cfg, progress=False))
     assert sf.attrs["hmc_dtype"] == dtype
-    G_exact = exact_two_point(SHAPE, M2).numpy()
-    G = sf.observable("G")
-    checks = {
-        "chi2": (sf.observable("chi2"), exact_susceptibility(M2)),
-        "action_density": (sf.observable("action_density"), 0.5),
-        **{f"G(0,{t})": (G[:, :, 0, t], G_exact[0, t]) for t in range(SHAPE[1] // 2 + 1)},
-    }
-    z_max = family_sigma(len(checks))
-    for name, (data, exact) in checks.items():
-        est = gamma_method(data)
-        z = (est.value - exact) / est.error
-        assert abs(z) < z_max, (
-            f"{device_slow_twin} {dtype} {name}: {est.value:.5g} +- {est.error:.2g} vs "
-            f"{exact:.5g} (z = {z:.2f})")
-        assert est.error < 0.05 * abs(exact) + 1e-3, f"{name}: error {est.error} too large"
+    assert_free_field_hmc_exact(sf, SHAPE, M2, f"{device_slow_twin} {dtype}")
