@@ -3,9 +3,10 @@
 A row is ``{dataset: (n_chains, ...)}``. Its arrays may be torch tensors on the chains' device
 (the producers' configurations and observables) or numpy arrays (flags known on the host): the
 buffer keeps them where they are and :meth:`RowBuffer.take` stacks each dataset once, on its
-device, with a single device->host copy per dataset and chunk, instead of one copy per row (issue 16: a ``.cpu()`` per saved
-row is a host synchronisation per trajectory with ``save_every: 1``). Stacking on the device and then copying gives the same
-bytes as copying each row and stacking on the host.
+device, with a single device->host copy per dataset and chunk, instead of one copy per row (a
+``.cpu()`` per saved row is a host synchronisation per trajectory with ``save_every: 1``).
+Stacking on the device and then copying gives the same bytes as copying each row and stacking
+on the host.
 
 A tensor added here must not be modified in place afterwards (the buffer keeps a reference,
 not a copy); the producers add fresh tensors (results of operations) or clone.
