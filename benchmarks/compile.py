@@ -94,11 +94,16 @@ def summary(res: dict) -> dict:
     return rows
 
 
-def training(L: int, objective: str, rounds: int, repeats: int, batch: int = 32) -> dict:
-    cfg, action = ladder(L)
+def eager_and_compiled(cfg, L: int) -> dict:
+    """The ladder flow (seed 0) and a compiled copy of it: the same weights in both."""
     torch.manual_seed(0)
     eager = build_flow(cfg.flow, (L, L), m2=cfg.action.m2)
-    flows = {"eager": eager, "compiled": compile_flow(copy.deepcopy(eager))}
+    return {"eager": eager, "compiled": compile_flow(copy.deepcopy(eager))}
+
+
+def training(L: int, objective: str, rounds: int, repeats: int, batch: int = 32) -> dict:
+    cfg, action = ladder(L)
+    flows = eager_and_compiled(cfg, L)
     work = {}
     for name, flow in flows.items():
         est = make_estimator(objective, action)
@@ -116,9 +121,7 @@ def training(L: int, objective: str, rounds: int, repeats: int, batch: int = 32)
 
 def proposals(L: int, rounds: int, repeats: int, block: int = 1024) -> dict:
     cfg, _ = ladder(L)
-    torch.manual_seed(0)
-    eager = build_flow(cfg.flow, (L, L), m2=cfg.action.m2)
-    flows = {"eager": eager, "compiled": compile_flow(copy.deepcopy(eager))}
+    flows = eager_and_compiled(cfg, L)
     work = {}
     for name, flow in flows.items():
         gen = torch.Generator().manual_seed(1)
