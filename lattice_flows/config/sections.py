@@ -118,6 +118,13 @@ class FlowConfig:
     cnf_lipschitz_max: PosNumber = key(
         3.0, "a positive number (bound on the vector field's Lipschitz constant; keep "
         "cnf_lipschitz_max / cnf_steps <= ~0.4 for RK4 accuracy)")
+    cnf_kernel: Literal["phat", "orbit", "phat+orbit"] = key(
+        "phat", "",
+        "kernels of the continuous layers: smooth in phat^2, free per lattice orbit of the "
+        "separation up to cnf_kernel_range, or their sum (flows/cnf.py)")
+    cnf_kernel_range: PosInt = key(
+        16, "a positive integer (longest separation component of the orbit kernels)",
+        "kernels do not depend on L: separations that do not fit the lattice are unused there")
 
     @model_validator(mode="after")
     def _layers_fit_together(self) -> "FlowConfig":

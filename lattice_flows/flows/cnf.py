@@ -34,6 +34,25 @@ Why phat^2 (rather than one parameter per D4 orbit of x - y, as in the anchor's 
   channel spans local to lattice-wide mixing (the lattice-wide kernel is the only mixing);
 * K_c(0, t) = (1/V) sum_p K^_c(p, t) is exact and cheap, which the divergence needs.
 
+Orbit kernels (``flow.cnf_kernel: orbit`` or ``phat+orbit``, issue 13): a free weight per
+hypercubic orbit of the separation r (the anchor's choice), added to (``phat+orbit``) or replacing
+(``orbit``) the phat^2 basis::
+
+    K_c(r, t) += sum_j V[c, j, o(r)] T_j(t),   o(r) = the orbit of r, r in [-R, R]^d (R = range)
+
+o(r) is the sorted tuple (|r_1| >= ... >= |r_d|), so K is invariant under every permutation and
+sign flip of the components: the rotations/reflections of the lattice about a site. V is
+defined on the infinite lattice up to range R (``flow.cnf_kernel_range``), independent of L: at
+extents L the position-space kernel is the image sum over the separations that fit,
+K_L(x) = sum_{r = x mod L, |r_mu| <= L_mu / 2} K_inf(r) (a separation of exactly L_mu / 2 and its
+negative land on the same site). Weights of longer separations than fit are invisible at that L
+(zero gradient): a flow trained at L = 16 carries its kernel unchanged to L = 32, where the
+longer separations start at zero and are learned there. Bound: sum_x |K_L(x)| <= sum_r
+|K_inf(r)| = sum_o |V_o| |o| (|o| the number of separations in the orbit), so the Lipschitz bound
+below holds at every L with the orbit sizes as the basis norms. The orbit kernels enter the
+momentum-space kernel through the FFT of their folded indicator P_o(x) (real: every orbit is
+closed under r -> -r), and K_c(0, t) through P_o(0).
+
 Divergence (exact, per configuration, summed over sites in float64)::
 
     div f = sum_x d f_x / d phi_x = sum_c K_c(0, t) omega_c sum_x cos(omega_c phi_x) + V K_lin(0, t)
@@ -63,7 +82,8 @@ is -ln Z ~ -84): the reported log-det was 4539 where the autograd log|det| of th
 map was -380, because h times the field's Lipschitz constant had left the region where RK4
 follows the flow. The layer therefore uses W_eff = W Lmax tanh(Lam/Lmax)/Lam
 (:meth:`ContinuousEquivariantLayer.bounded_weight`), where Lam = sum_c |omega_c| sum_jk |W_cjk|
-bounds max_x sum_y |df_x/dphi_y| for every t (|T_j| <= 1, sum_r |B_k(r)| = 1). So
+bounds max_x sum_y |df_x/dphi_y| for every t (|T_j| <= 1, sum_r |B_k(r)| = 1; an orbit
+kernel counts |V_o| |o|). So
 h * Lip(f) < Lmax / n_steps, a fixed accuracy regime for RK4 whatever the optimizer does, and the
 flow map's singular values stay within [e^-Lmax, e^Lmax].
 
@@ -114,6 +134,49 @@ def kernel_basis(u: torch.Tensor, ndim: int) -> torch.Tensor:
     return torch.stack(parts)
 
 
+KERNELS: tuple[str, ...] = ("phat", "orbit", "phat+orbit")
+"""The kernel parametrisations (module docstring): smooth in phat^2, free per orbit, or both."""
+
+
+def orbit_table(ndim: int, kernel_range: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The hypercubic orbits of the separations r in [-R, R]^d (R = ``kernel_range``).
+
+    Returns (r, o, sizes): every separation r (shape (members, d), int64), its orbit index o(r)
+    and the orbit sizes |o| (number of separations in each orbit). The orbit of r is the sorted
+    tuple |r_1| >= ... >= |r_d|; orbits are numbered lexicographically in it, an order that
+    depends on d and R only (not on the lattice), so weights keep their meaning at every L.
+    """
+    if int(kernel_range) < 1:
+        raise ValueError(f"kernel_range must be >= 1, got {kernel_range!r}")
+    big = int(kernel_range)
+    axes = [torch.arange(-big, big + 1)] * ndim
+    r = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, ndim)
+    key = r.abs().sort(dim=1, descending=True).values
+    digits = (big + 1) ** torch.arange(ndim - 1, -1, -1)
+    _, orbit, sizes = torch.unique((key * digits).sum(dim=1), return_inverse=True,
+                                   return_counts=True)
+    return r, orbit, sizes
+
+
+def orbit_basis(shape: tuple[int, ...], kernel_range: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """P_o(x) for every orbit o on the periodic lattice ``shape``, float64, (n_orbits, *shape).
+
+    P_o(x) counts the separations r of orbit o with r = x mod L and |r_mu| <= L_mu / 2 (the image
+    sum of the module docstring, "Orbit kernels"); orbits that do not fit are all zero. Returns
+    (P, sizes), sizes the infinite-lattice orbit sizes (float64).
+    """
+    r, orbit, sizes = orbit_table(len(shape), kernel_range)
+    ext = torch.tensor(shape)
+    fits = (2 * r.abs() <= ext).all(dim=1)
+    r, orbit = r[fits], orbit[fits]
+    site = torch.remainder(r, ext)
+    strides = torch.tensor([math.prod(shape[i + 1:]) for i in range(len(shape))])
+    flat = (site * strides).sum(dim=1)
+    p = torch.zeros(len(sizes), math.prod(shape), dtype=torch.float64)
+    p.index_put_((orbit, flat), torch.ones(len(flat), dtype=torch.float64), accumulate=True)
+    return p.reshape(len(sizes), *shape), sizes.to(torch.float64)
+
+
 class ContinuousEquivariantLayer(nn.Module):
     """phi(1) = phi(0) + int_0^1 f(phi, t) dt by fixed-step RK4 (see the module docstring).
 
@@ -124,11 +187,14 @@ class ContinuousEquivariantLayer(nn.Module):
         n_steps: fixed RK4 steps over t in [0, 1] (>= 1).
         lipschitz_max: bound Lmax on the vector field's Lipschitz constant (> 0), see
             :meth:`bounded_weight` and the module docstring.
+        kernel: ``phat`` (smooth in phat^2, parameter ``weight``), ``orbit`` (free per orbit up
+            to ``kernel_range``, parameter ``orbit_weight``) or ``phat+orbit`` (both, summed).
+        kernel_range: R, the longest separation component of the orbit kernels (>= 1).
     """
 
     def __init__(
         self, ndim: int, n_frequencies: int = 8, n_time: int = 5, n_steps: int = 16,
-        lipschitz_max: float = LIPSCHITZ_MAX,
+        lipschitz_max: float = LIPSCHITZ_MAX, kernel: str = "phat", kernel_range: int = 16,
     ) -> None:
         super().__init__()
         for name, val in (("n_frequencies", n_frequencies), ("n_time", n_time), ("n_steps", n_steps)):
@@ -141,12 +207,24 @@ class ContinuousEquivariantLayer(nn.Module):
         if not lipschitz_max > 0:
             raise ValueError(f"lipschitz_max must be > 0, got {lipschitz_max!r}")
         self.lipschitz_max = float(lipschitz_max)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        self.kernel_range = int(kernel_range)
         n_channels = self.n_frequencies + 1  # sin channels, then the linear one
-        n_basis = 2 + len(MASSES2)
         self.omega = nn.Parameter(
             5.0 * torch.arange(1, self.n_frequencies + 1, dtype=torch.float32) / self.n_frequencies
         )
-        self.weight = nn.Parameter(torch.zeros(n_channels, self.n_time, n_basis))
+        norms = []  # sum_r |B_k(r)| per basis kernel (the Lipschitz bound's weights)
+        if "phat" in kernel:
+            n_basis = 2 + len(MASSES2)
+            self.weight = nn.Parameter(torch.zeros(n_channels, self.n_time, n_basis))
+            norms.append(torch.ones(n_basis, dtype=torch.float64))
+        if "orbit" in kernel:
+            sizes = orbit_table(self.ndim, self.kernel_range)[2].to(torch.float64)
+            self.orbit_weight = nn.Parameter(torch.zeros(n_channels, self.n_time, len(sizes)))
+            norms.append(sizes)
+        self._basis_norm = torch.cat(norms)
         self._basis_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._time_cache: dict[float, torch.Tensor] = {}
 
@@ -154,11 +232,34 @@ class ContinuousEquivariantLayer(nn.Module):
         """(B_k on the rfft half grid, B_k(r = 0) = mean over all momenta), float64, cached."""
         key = (shape, str(device))
         if key not in self._basis_cache:
-            full = kernel_basis(momentum_squared_grids(shape, device)[0], self.ndim)
-            half = full[..., : shape[-1] // 2 + 1].contiguous()
-            at_zero = full.reshape(full.shape[0], -1).mean(dim=1)
-            self._basis_cache[key] = (half, at_zero)
+            halves, zeros = [], []
+            if "phat" in self.kernel:
+                full = kernel_basis(momentum_squared_grids(shape, device)[0], self.ndim)
+                halves.append(full[..., : shape[-1] // 2 + 1])
+                zeros.append(full.reshape(full.shape[0], -1).mean(dim=1))
+            if "orbit" in self.kernel:
+                p = orbit_basis(shape, self.kernel_range)[0].to(device)
+                dims = tuple(range(1, p.dim()))
+                halves.append(torch.fft.rfftn(p, dim=dims).real)  # real: P_o(-x) = P_o(x)
+                zeros.append(p.reshape(p.shape[0], -1)[:, 0])
+            self._basis_cache[key] = (torch.cat(halves).contiguous(), torch.cat(zeros))
         return self._basis_cache[key]
+
+    def kernel_weight(self) -> torch.Tensor:
+        """The raw kernel weights (channels, n_time, basis), float64: ``weight`` of the phat^2
+        basis, then ``orbit_weight`` of the orbits (whichever ``kernel`` has)."""
+        parts = []
+        if "phat" in self.kernel:
+            parts.append(self.weight)
+        if "orbit" in self.kernel:
+            parts.append(self.orbit_weight)
+        return torch.cat([w.to(torch.float64) for w in parts], dim=2)
+
+    def _lam(self, w: torch.Tensor) -> torch.Tensor:
+        """Lam(w) = sum_c |omega_c| sum_jk |w_cjk| n_k (n_k = sum_r |B_k(r)|: 1 or |o|)."""
+        scale = torch.cat([self.omega.to(torch.float64).abs(), w.new_ones(1)])
+        norm = self._basis_norm.to(w.device)
+        return (scale * (w.abs() * norm).sum(dim=(1, 2))).sum()
 
     def _time(self, t: float, device: torch.device) -> torch.Tensor:
         if t not in self._time_cache:
@@ -168,23 +269,22 @@ class ContinuousEquivariantLayer(nn.Module):
     def bounded_weight(self) -> torch.Tensor:
         """W_eff = W * Lmax tanh(Lam / Lmax) / Lam, float64, so that Lam(W_eff) < Lmax.
 
-        Lam = sum_c |omega_c| sum_jk |W_cjk| (|omega| -> 1 for the linear channel) bounds
+        Lam = sum_c |omega_c| sum_jk |W_cjk| n_k (|omega| -> 1 for the linear channel) bounds
         max_x sum_y |d f_x / d phi_y| at every t, since |T_j(t)| <= 1 and every basis kernel has
-        sum_r |B_k(r)| = 1 on any periodic lattice (B_0, B_1 by inspection; the Yukawa kernels
-        are positive with sum K^(0) = 1).
+        sum_x |B_k(x)| <= n_k on any periodic lattice: n_k = 1 for the phat^2 basis (B_0, B_1 by
+        inspection; the Yukawa kernels are positive with sum K^(0) = 1), n_k = |o| for an orbit
+        kernel (image sums only merge terms).
         """
-        w = self.weight.to(torch.float64)
-        scale = torch.cat([self.omega.to(torch.float64).abs(), w.new_ones(1)])
-        lam = (scale * w.abs().sum(dim=(1, 2))).sum()
+        w = self.kernel_weight()
+        lam = self._lam(w)
         if float(lam.detach()) == 0.0:
             return w
         return w * (self.lipschitz_max * torch.tanh(lam / self.lipschitz_max) / lam)
 
     def lipschitz_bound(self) -> float:
         """Lam of the bounded weights: the bound on max_x sum_y |d f_x / d phi_y| (< Lmax)."""
-        w = self.bounded_weight().detach()
-        scale = torch.cat([self.omega.detach().to(torch.float64).abs(), w.new_ones(1)])
-        return float((scale * w.abs().sum(dim=(1, 2))).sum())
+        with torch.no_grad():
+            return float(self._lam(self.bounded_weight()))
 
     def _field(
         self, phi: torch.Tensor, t: float, half: torch.Tensor, at_zero: torch.Tensor,

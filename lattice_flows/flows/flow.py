@@ -185,7 +185,8 @@ def build_flow(
     :class:`FourierGaussianLayer` (``flow_cfg.fourier_layer``, initialised
     with :func:`fourier_m2_init` of ``m2``), ``flow_cfg.cnf_layers`` continuous equivariant layers
     (:class:`~lattice_flows.flows.cnf.ContinuousEquivariantLayer`, ``cnf_steps`` RK4 steps,
-    ``cnf_frequencies``, ``cnf_time_basis``, ``cnf_lipschitz_max``), then ``flow_cfg.n_layers`` coupling layers, layer k
+    ``cnf_frequencies``, ``cnf_time_basis``, ``cnf_lipschitz_max``, ``cnf_kernel``,
+    ``cnf_kernel_range``), then ``flow_cfg.n_layers`` coupling layers, layer k
     updating the checkerboard sites of parity k % 2 with ``flow_cfg.bijection`` and a
     :class:`ConvConditioner` (``flow_cfg.conditioner = 'symmetrized'``) or an
     :class:`OddConvConditioner` (``'odd'``) or a
@@ -207,6 +208,8 @@ def build_flow(
         layers.append(ContinuousEquivariantLayer(
             ndim, n_frequencies=flow_cfg.cnf_frequencies, n_time=flow_cfg.cnf_time_basis,
             n_steps=flow_cfg.cnf_steps, lipschitz_max=flow_cfg.cnf_lipschitz_max,
+            kernel=getattr(flow_cfg, "cnf_kernel", "phat"),
+            kernel_range=getattr(flow_cfg, "cnf_kernel_range", 16),
         ))
     odd = getattr(flow_cfg, "conditioner", "symmetrized") == "odd" and flow_cfg.equivariant
     for k in range(flow_cfg.n_layers):

@@ -9,13 +9,16 @@ of log error against log h must exceed 3.5 for an order-4 error; an order-3 erro
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
 from lattice_flows.config import ConfigError, FlowConfig, config_from_dict
-from lattice_flows.flows.cnf import ContinuousEquivariantLayer
+from lattice_flows.flows.cnf import (
+    ContinuousEquivariantLayer, orbit_basis, orbit_table, time_basis,
+)
 from lattice_flows.flows.flow import build_flow
 
 FLOAT_TOL = 1e-12
@@ -29,9 +32,16 @@ def make_layer(ndim=2, n_steps=8, scale=1.0, seed=0, n_frequencies=2, n_time=2, 
     ).double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        layer.weight.copy_(scale * torch.randn(layer.weight.shape, generator=g, dtype=torch.float64))
+        for name in ("weight", "orbit_weight"):  # whichever the kernel has
+            if hasattr(layer, name):
+                w = getattr(layer, name)
+                w.copy_(scale * torch.randn(w.shape, generator=g, dtype=torch.float64))
         layer.omega.add_(0.3 * torch.randn(layer.omega.shape, generator=g, dtype=torch.float64))
     return layer
+
+
+KERNELS = ["phat", "orbit", "phat+orbit"]
+ORBIT = {"kernel": "orbit", "kernel_range": 3}  # range 3 > L/2 on 4x4: some separations unused
 
 
 def field(shape, batch=3, seed=1, dtype=torch.float64) -> torch.Tensor:
@@ -46,10 +56,13 @@ def test_fresh_layer_is_identity():
     assert torch.equal(y, x) and torch.equal(ld, torch.zeros(3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(6, 6), (4, 4, 4)])
-def test_z2_equivariance_bit_exact(dtype, shape):
-    layer = make_layer(ndim=len(shape)).to(dtype)
+def test_z2_equivariance_bit_exact(dtype, shape, kernel):
+    # 3D: range 1 (4 orbits), so that random signs over many orbits do not cancel the field
+    layer = make_layer(ndim=len(shape), kernel=kernel, kernel_range=3 if len(shape) == 2 else 1)
+    layer = layer.to(dtype)
     x = field(shape, dtype=dtype)
     y, ld = layer(x)
     y_neg, ld_neg = layer(-x)
@@ -60,9 +73,10 @@ def test_z2_equivariance_bit_exact(dtype, shape):
     assert torch.equal(xb_neg, -xb) and torch.equal(ldb_neg, ldb)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("shift", [(1, 0), (2, 3), (-1, 5)])
-def test_translation_equivariance(shift):
-    layer = make_layer()
+def test_translation_equivariance(shift, kernel):
+    layer = make_layer(kernel=kernel, kernel_range=3)
     x = field((6, 6))
     y, ld = layer(x)
     ys, lds = layer(torch.roll(x, shift, dims=(1, 2)))
@@ -79,8 +93,9 @@ def _d4(x: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def test_d4_rotations_and_reflections_commute_with_the_layer():
-    layer = make_layer()
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_d4_rotations_and_reflections_commute_with_the_layer(kernel):
+    layer = make_layer(kernel=kernel, kernel_range=3)
     x = field((6, 6))
     y, ld = layer(x)
     images = _d4(x)
@@ -91,8 +106,9 @@ def test_d4_rotations_and_reflections_commute_with_the_layer():
         torch.testing.assert_close(ld_g, ld, atol=FLOAT_TOL, rtol=0)
 
 
-def test_batch_independence():
-    layer = make_layer()
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_batch_independence(kernel):
+    layer = make_layer(kernel=kernel, kernel_range=3)
     x = field((4, 4), batch=5)
     y, ld = layer(x)
     for i in range(5):
@@ -106,10 +122,11 @@ def test_batch_independence():
     torch.testing.assert_close(ld2[1:], ld[1:], atol=FLOAT_TOL, rtol=0)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("shape", [(4, 4), (6,), (2, 2, 4)])
-def test_divergence_is_the_trace_of_the_vector_field_jacobian(shape):
+def test_divergence_is_the_trace_of_the_vector_field_jacobian(shape, kernel):
     """div f = sum_x d f_x / d phi_x with K_c(0, t) from the momentum-space kernels."""
-    layer = make_layer(ndim=len(shape), scale=0.5)
+    layer = make_layer(ndim=len(shape), scale=0.5, kernel=kernel, kernel_range=1)
     x = field(shape, batch=1)
     half, at_zero = layer._basis(tuple(shape), x.device)
     w = layer.bounded_weight()
@@ -124,11 +141,12 @@ def test_divergence_is_the_trace_of_the_vector_field_jacobian(shape):
         torch.testing.assert_close(div[0], torch.trace(jac), atol=FLOAT_TOL, rtol=0)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("scale", [0.1, 10.0, 1000.0])
-def test_vector_field_lipschitz_constant_is_bounded(scale):
+def test_vector_field_lipschitz_constant_is_bounded(scale, kernel):
     """max_x sum_y |d f_x / d phi_y| < lipschitz_max for any weights (the RK4 accuracy regime)."""
     shape = (6, 6)
-    layer = make_layer(scale=scale)
+    layer = make_layer(scale=scale, kernel=kernel, kernel_range=3)
     x = field(shape, batch=1)
     half, at_zero = layer._basis(shape, x.device)
     w = layer.bounded_weight()
@@ -172,13 +190,14 @@ STEPS = (4, 8, 16)
 STIFF = 1.0  # weight scale that saturates the Lipschitz bound (the worst case training can reach)
 
 
-def test_integrated_logdet_converges_to_the_discrete_maps_logdet_like_h4():
+@pytest.mark.parametrize("kernel", ["phat", "orbit"])
+def test_integrated_logdet_converges_to_the_discrete_maps_logdet_like_h4(kernel):
     """|int div f dt - log|det J_RK4|| (autograd Jacobian of the discrete map) is O(h^4)."""
     shape = (4, 4)
     x = field(shape, batch=1)
     errors, moves = [], []
     for n in STEPS:
-        layer = make_layer(n_steps=n, scale=STIFF)
+        layer = make_layer(n_steps=n, scale=STIFF, kernel=kernel, kernel_range=1)
         y, ld = layer(x)
         assert layer.lipschitz_bound() > 0.99 * layer.lipschitz_max  # the stiffest allowed field
         jac = torch.autograd.functional.jacobian(
@@ -206,6 +225,79 @@ def test_inverse_round_trip_converges_like_h4():
     assert min(rt) > 1e-10 and min(ld_rt) > 1e-10
     assert _slope(STEPS, rt) > 3.5, rt
     assert _slope(STEPS, ld_rt) > 3.5, ld_rt
+
+
+def _orbit_of(r) -> tuple[int, ...]:
+    return tuple(sorted((abs(v) for v in r), reverse=True))
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (6,), (2, 4, 4)])
+def test_orbit_basis_counts_the_separations_that_fit_by_brute_force(shape):
+    """P_o(x) = #{r in [-R, R]^d : orbit(r) = o, r = x mod L, |r_mu| <= L_mu / 2}; orbit sizes
+    are the infinite-lattice counts; the numbering follows the sorted tuples (L-independent)."""
+    big = 3
+    r_all, orbit, sizes = orbit_table(len(shape), big)
+    reps = sorted({_orbit_of(r) for r in itertools.product(range(-big, big + 1), repeat=len(shape))})
+    assert len(sizes) == len(reps)
+    for o, rep in enumerate(reps):
+        members = [r for r in itertools.product(range(-big, big + 1), repeat=len(shape))
+                   if _orbit_of(r) == rep]
+        assert int(sizes[o]) == len(members)
+        assert {_orbit_of(tuple(r)) for r in r_all[orbit == o].tolist()} == {rep}
+    p, _ = orbit_basis(shape, big)
+    brute = torch.zeros_like(p)
+    for r in itertools.product(range(-big, big + 1), repeat=len(shape)):
+        if all(2 * abs(v) <= n for v, n in zip(r, shape)):
+            site = tuple(v % n for v, n in zip(r, shape))
+            brute[(reps.index(_orbit_of(r)),) + site] += 1
+    assert torch.equal(p, brute)
+
+
+def test_orbit_vector_field_is_the_image_sum_convolution():
+    """f_x = sum_c sum_r K_c(r, t) g_c(phi_{x - r}) over the separations that fit (4 x 6, R = 3:
+    r_1 = +-3 does not fit L_1 = 4; r_2 = +-3 both land on the same site of L_2 = 6)."""
+    shape, big = (4, 6), 3
+    layer = make_layer(scale=0.5, kernel="orbit", kernel_range=big)
+    x = field(shape, batch=2)
+    half, at_zero = layer._basis(shape, x.device)
+    w = layer.bounded_weight()
+    r_all, orbit, _ = orbit_table(2, big)
+    t = 0.35
+    coef = torch.einsum("cjo,j->co", w, time_basis(t, layer.n_time))  # K_c of each orbit
+    omega = layer.omega.detach().to(torch.float64)
+    feats = torch.cat([torch.sin(omega.view(1, -1, 1, 1) * x.unsqueeze(1)), x.unsqueeze(1)], 1)
+    expect = torch.zeros_like(x)
+    for (r1, r2), o in zip(r_all.tolist(), orbit.tolist()):
+        if 2 * abs(r1) <= shape[0] and 2 * abs(r2) <= shape[1]:
+            shifted = torch.roll(feats, (r1, r2), dims=(2, 3))  # g_c(phi_{x - r})
+            expect = expect + torch.einsum("c,bcxy->bxy", coef[:, o], shifted)
+    f, _ = layer._field(x, t, half, at_zero, w)
+    torch.testing.assert_close(f, expect.detach(), atol=FLOAT_TOL, rtol=0)
+
+
+def test_orbit_kernel_means_the_same_at_every_lattice_size():
+    """A kernel of range 3 acts the same on L = 8 and L = 16: a field supported on a 2 x 2 patch
+    gives the same vector field on the 8 x 8 neighbourhood (no separation needs an image), and
+    the weights of separations that do not fit a small lattice get no gradient there."""
+    layer = make_layer(scale=0.5, kernel="orbit", kernel_range=3)
+    small = torch.zeros(1, 8, 8, dtype=torch.float64)
+    small[0, 3:5, 3:5] = torch.tensor([[0.7, -1.2], [0.4, 2.0]], dtype=torch.float64)
+    large = torch.zeros(1, 16, 16, dtype=torch.float64)
+    large[0, :8, :8] = small[0]
+    w = layer.bounded_weight()
+    f8 = layer._field(small, 0.6, *layer._basis((8, 8), small.device), w)[0]
+    f16 = layer._field(large, 0.6, *layer._basis((16, 16), large.device), w)[0]
+    assert f8.abs().max() > 0.01  # non-trivial (the tolerance is 1e-12)
+    torch.testing.assert_close(f16[0, :8, :8], f8[0], atol=FLOAT_TOL, rtol=0)
+    assert f16[0, 8:].abs().max() < FLOAT_TOL and f16[0, :, 8:].abs().max() < FLOAT_TOL
+    # on 4 x 4, separations with a component 3 do not fit: their orbits get zero gradient
+    fresh = ContinuousEquivariantLayer(2, kernel="orbit", kernel_range=3).double()
+    fresh(field((4, 4)))[0].pow(2).sum().backward()  # a fresh layer: d/dV at V = 0 is nonzero
+    grad = fresh.orbit_weight.grad
+    _, orbit, _ = orbit_table(2, 3)
+    reps = sorted({_orbit_of(r) for r in itertools.product(range(-3, 4), repeat=2)})
+    unused = torch.tensor([rep[0] == 3 for rep in reps])
+    assert grad[:, :, unused].abs().max() == 0 and grad[:, :, ~unused].abs().max() > 0
 
 
 def test_layer_in_the_flow_stack_samples_and_evaluates_log_prob():
@@ -254,13 +346,15 @@ def test_config_switch_defaults_off_and_parses():
     assert (cfg.flow.n_layers, cfg.flow.cnf_layers, cfg.flow.cnf_steps) == (0, 2, 12)
 
 
-def test_trained_cnf_flow_is_saved_and_rebuilt_from_flow_pt(tmp_path):
+@pytest.mark.parametrize("kernel", ["phat", "phat+orbit"])
+def test_trained_cnf_flow_is_saved_and_rebuilt_from_flow_pt(tmp_path, kernel):
     """Real training (a few steps, real files): flow.pt rebuilds the CNF layers and their weights."""
     from lattice_flows.io.train_log import read_train_log
     from lattice_flows.flows.flowfile import load_flow
     from lattice_flows.training.trainer import train_flow
 
-    raw = _cfg({"n_layers": 0, "cnf_layers": 1, "cnf_steps": 4, "zero_mode_layer": True})
+    raw = _cfg({"n_layers": 0, "cnf_layers": 1, "cnf_steps": 4, "zero_mode_layer": True,
+                "cnf_kernel": kernel, "cnf_kernel_range": 3})
     raw.update(seed=5, device="cpu", output={"dir": str(tmp_path / "run")},
                train={"steps": 40, "batch_size": 32, "lr": 1e-2, "log_every": 10,
                       "checkpoint_every": 20, "eval_samples": 256, "eval_batch_size": 256,
@@ -271,6 +365,9 @@ def test_trained_cnf_flow_is_saved_and_rebuilt_from_flow_pt(tmp_path):
     flow = load_flow(tmp_path / "run" / "flow.pt", (4, 4), "cpu", torch.float64)
     cnf = [m for m in flow.layers if isinstance(m, ContinuousEquivariantLayer)]
     assert len(cnf) == 1 and cnf[0].n_steps == 4 and float(cnf[0].weight.detach().abs().max()) > 0
+    assert (cnf[0].kernel, cnf[0].kernel_range) == (kernel, 3)
+    if kernel == "phat+orbit":  # the orbit weights were trained and saved too
+        assert float(cnf[0].orbit_weight.detach().abs().max()) > 0
     # sample-pass log q against the backward-RK4 log_prob: an O(h^4) difference on the trained
     # field, so 4 -> 16 steps must shrink it by more than 4^3.3 = 100 (order 4 leaves margin)
     diffs = []

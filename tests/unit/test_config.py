@@ -291,6 +291,7 @@ KEYS_ADDED_SINCE_RECORD_BEFORE = (
     ("hmc", "fa_mu2"), ("hmc", "trajectory_length"),  # issue 15
     ("compile", None),  # issue 16: a top-level key
     ("train", "budget_clock"),  # issue 16
+    ("flow", "cnf_kernel"), ("flow", "cnf_kernel_range"),  # issue 13
 )
 
 
@@ -364,6 +365,9 @@ REFUSALS_BEFORE = [
     ('flow.cnf_lipschitz_max', 'fast',
      "a positive number (bound on the vector field's Lipschitz constant; keep "
      'cnf_lipschitz_max / cnf_steps <= ~0.4 for RK4 accuracy)'),
+    ('flow.cnf_kernel', 'fast', 'one of phat, orbit, phat+orbit'),
+    ('flow.cnf_kernel_range', 'fast',
+     'a positive integer (longest separation component of the orbit kernels)'),
     ('train.steps', 'fast', 'a positive integer (optimizer steps)'),
     ('train.batch_size', 'fast', 'a positive integer (global batch size)'),
     ('train.lr', 'fast', 'a positive learning rate'),
