@@ -28,6 +28,7 @@ from lattice_flows.io.sample_reader import SampleFile
 from lattice_flows.mcmc.flow_run import run_sample
 from lattice_flows.mcmc.hmc_thermalise import THERM_PHASE
 from lattice_flows.pipeline import run_pipeline
+from lattice_flows.tables import analyze_samples
 from lattice_flows.theory.free_field import exact_susceptibility, exact_two_point
 from lattice_flows.training.trainer import train_flow
 from tests.conftest import assert_same_samples, cli, sidak_z, wait_for_file, write_config
@@ -98,6 +99,16 @@ def test_tutorial_couplings_composite_agrees_with_hmc(tmp_path):
         z, a, b = _z(comp.observable(name), hmc.observable(name))
         assert a.tau_int * 50 < comp.n_saved, (name, a, "chain too short for a reliable error")
         assert abs(z) < z_max, (name, a, b, z)
+    # the flow proposals' weight diagnostics are rows of the composite file's table (and of
+    # the report), the production's figures; no 'stuck' flag (HMC moves the chain meanwhile)
+    rows = analyze_samples(comp)
+    assert rows["pareto_k"].est.value == float(comp.attrs["weights_khat"])
+    assert rows["N_eff"].est.value == float(comp.attrs["weights_ess"])
+    n_flow_steps = int(comp.attrs["weights_chain_length"])
+    assert n_flow_steps >= comp.n_saved and rows["rejection_run/N"].est.value == (
+        int(comp.attrs["weights_longest_rejection_run"]) / n_flow_steps)
+    assert "stuck" not in rows.weights["flags"] and rows["M2"].flag == ",".join(rows.weights["flags"])
+    assert "pareto_k" in report
 
 
 def _kill_raw(out: Path, flow_pt: Path) -> dict:
