@@ -337,6 +337,20 @@ class ContinuousEquivariantLayer(nn.Module):
         return self._integrate(phi, forward=False)
 
 
+BOUND_SATURATED = 0.99
+"""Lam / Lmax above which a trained layer counts as held at its Lipschitz bound."""
+
+
+def bound_use(flow: nn.Module) -> list[float]:
+    """Lam / Lmax of every :class:`ContinuousEquivariantLayer` of ``flow``, in order (empty
+    without such layers): how much of its Lipschitz bound each layer's field uses. Trained
+    layers at ~1 are held at the bound by the rescaling of :meth:`~ContinuousEquivariantLayer.
+    bounded_weight`: the optimum wants a stronger map (docs/ablation_ladder.md, "The one-layer
+    flow sits at its Lipschitz bound")."""
+    return [m.lipschitz_bound() / m.lipschitz_max for m in flow.modules()
+            if isinstance(m, ContinuousEquivariantLayer)]
+
+
 def set_integration_steps(flow: nn.Module, n_steps: int) -> int:
     """Integrate every :class:`ContinuousEquivariantLayer` of ``flow`` with ``n_steps`` RK4 steps
     (>= 1); returns how many layers changed. The weights W, omega define the vector field f(phi,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lattice_flows.estimates import effective_sample_size
+from lattice_flows.flows.cnf import BOUND_SATURATED, bound_use
 from lattice_flows.flows.flowfile import cpu_state_dict, flow_state
 from lattice_flows.flows.quality import evaluate_flow
 from lattice_flows.io.checkpoint import save_checkpoint
@@ -112,6 +113,9 @@ def finish(run: TrainRun) -> TrainResult:
     result.ess, result.acceptance = ev["ess"], ev["acceptance"]
     summary = {**result.as_dict(), **{f"eval_{k}": v for k, v in ev.items()},
                "params": flow.n_params(), "budget_clock": tc.budget_clock}
+    use = bound_use(flow)
+    if use:  # continuous layers: the share of the Lipschitz bound each one's field uses
+        summary["cnf_bound_use"] = use
     write_text_atomic(run.run_dir / SUMMARY_NAME, json.dumps(summary, indent=1))  # read back on rerun
     if run.tlog is not None:
         run.tlog.set_attrs({"final_ess": ev["ess"], "final_acceptance": ev["acceptance"],
@@ -124,6 +128,12 @@ def finish(run: TrainRun) -> TrainResult:
         ev["acceptance"],
         ev["n_samples"], ev["proposals_per_s"],
     )
+    if use and max(use) > BOUND_SATURATED:
+        log.info(
+            "continuous layer(s) use %s of their Lipschitz bound: the trained field is held at "
+            "the bound and wants a stronger map (more flow.cnf_layers, or a larger "
+            "flow.cnf_lipschitz_max with proportionally more flow.cnf_steps; "
+            "docs/ablation_ladder.md)", ", ".join(f"{u:.1%}" for u in use))
     if ev["weights_flags"]:
         log.warning(
             "the trained flow's weights fail the tail diagnostics (%s; Pareto k-hat %.2f, "

@@ -10,6 +10,7 @@ of log error against log h must exceed 3.5 for an order-4 error; an order-3 erro
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -17,7 +18,7 @@ import torch
 
 from lattice_flows.config import ConfigError, FlowConfig, config_from_dict
 from lattice_flows.flows.cnf import (
-    ContinuousEquivariantLayer, orbit_basis, orbit_table, time_basis,
+    BOUND_SATURATED, ContinuousEquivariantLayer, bound_use, orbit_basis, orbit_table, time_basis,
 )
 from lattice_flows.flows.flow import build_flow
 
@@ -300,6 +301,20 @@ def test_orbit_kernel_means_the_same_at_every_lattice_size():
     assert grad[:, :, unused].abs().max() == 0 and grad[:, :, ~unused].abs().max() > 0
 
 
+def test_bound_use_is_the_share_of_the_lipschitz_bound_per_layer():
+    """bound_use: Lam / Lmax of each continuous layer in order; 0 for a fresh layer, -> 1 when the
+    raw weights are far past the bound (the rescaling holds the field at it)."""
+    flow = build_flow(FlowConfig(n_layers=0, cnf_layers=2, cnf_lipschitz_max=2.0), (4, 4))
+    assert bound_use(flow) == [0.0, 0.0]
+    layers = [m for m in flow.layers if isinstance(m, ContinuousEquivariantLayer)]
+    with torch.no_grad():
+        layers[1].weight[-1, 0, 0] = 1000.0  # the linear channel's on-site weight: Lam = 1000
+        layers[0].weight[-1, 0, 0] = 0.5  # Lam = 0.5: tanh(0.25) of the bound
+    use = bound_use(flow)
+    assert use[0] == pytest.approx(math.tanh(0.25), rel=1e-6) and use[1] > BOUND_SATURATED
+    assert bound_use(build_flow(FlowConfig(n_layers=2, hidden_channels=(4,)), (4, 4))) == []
+
+
 def test_layer_in_the_flow_stack_samples_and_evaluates_log_prob():
     cfg = FlowConfig(n_layers=2, hidden_channels=(4,), cnf_layers=1, cnf_steps=16,
                      cnf_lipschitz_max=2.0)
@@ -368,6 +383,10 @@ def test_trained_cnf_flow_is_saved_and_rebuilt_from_flow_pt(tmp_path, kernel):
     assert (cnf[0].kernel, cnf[0].kernel_range) == (kernel, 3)
     if kernel == "phat+orbit":  # the orbit weights were trained and saved too
         assert float(cnf[0].orbit_weight.detach().abs().max()) > 0
+    # the summary reports the share of the Lipschitz bound the trained field uses
+    use = json.loads((tmp_path / "run" / "train_summary.json").read_text())["cnf_bound_use"]
+    assert len(use) == 1 and 0 < use[0] < 1
+    assert use[0] == pytest.approx(cnf[0].lipschitz_bound() / cnf[0].lipschitz_max, rel=1e-5)
     # sample-pass log q against the backward-RK4 log_prob: an O(h^4) difference on the trained
     # field, so 4 -> 16 steps must shrink it by more than 4^3.3 = 100 (order 4 leaves margin)
     diffs = []
