@@ -158,12 +158,12 @@ def orbit_table(ndim: int, kernel_range: int) -> tuple[torch.Tensor, torch.Tenso
     return r, orbit, sizes
 
 
-def orbit_basis(shape: tuple[int, ...], kernel_range: int) -> tuple[torch.Tensor, torch.Tensor]:
+def orbit_basis(shape: tuple[int, ...], kernel_range: int) -> torch.Tensor:
     """P_o(x) for every orbit o on the periodic lattice ``shape``, float64, (n_orbits, *shape).
 
     P_o(x) counts the separations r of orbit o with r = x mod L and |r_mu| <= L_mu / 2 (the image
-    sum of the module docstring, "Orbit kernels"); orbits that do not fit are all zero. Returns
-    (P, sizes), sizes the infinite-lattice orbit sizes (float64).
+    sum of the module docstring, "Orbit kernels"); orbits that do not fit are all zero (the
+    infinite-lattice orbit sizes are :func:`orbit_table`'s).
     """
     r, orbit, sizes = orbit_table(len(shape), kernel_range)
     ext = torch.tensor(shape)
@@ -174,7 +174,7 @@ def orbit_basis(shape: tuple[int, ...], kernel_range: int) -> tuple[torch.Tensor
     flat = (site * strides).sum(dim=1)
     p = torch.zeros(len(sizes), math.prod(shape), dtype=torch.float64)
     p.index_put_((orbit, flat), torch.ones(len(flat), dtype=torch.float64), accumulate=True)
-    return p.reshape(len(sizes), *shape), sizes.to(torch.float64)
+    return p.reshape(len(sizes), *shape)
 
 
 class ContinuousEquivariantLayer(nn.Module):
@@ -238,7 +238,7 @@ class ContinuousEquivariantLayer(nn.Module):
                 halves.append(full[..., : shape[-1] // 2 + 1])
                 zeros.append(full.reshape(full.shape[0], -1).mean(dim=1))
             if "orbit" in self.kernel:
-                p = orbit_basis(shape, self.kernel_range)[0].to(device)
+                p = orbit_basis(shape, self.kernel_range).to(device)
                 dims = tuple(range(1, p.dim()))
                 halves.append(torch.fft.rfftn(p, dim=dims).real)  # real: P_o(-x) = P_o(x)
                 zeros.append(p.reshape(p.shape[0], -1)[:, 0])

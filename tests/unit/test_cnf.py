@@ -245,7 +245,7 @@ def test_orbit_basis_counts_the_separations_that_fit_by_brute_force(shape):
                    if _orbit_of(r) == rep]
         assert int(sizes[o]) == len(members)
         assert {_orbit_of(tuple(r)) for r in r_all[orbit == o].tolist()} == {rep}
-    p, _ = orbit_basis(shape, big)
+    p = orbit_basis(shape, big)
     brute = torch.zeros_like(p)
     for r in itertools.product(range(-big, big + 1), repeat=len(shape)):
         if all(2 * abs(v) <= n for v, n in zip(r, shape)):
