@@ -1,7 +1,8 @@
 """The continuous equivariant layer (lattice_flows/flows/cnf.py): exact symmetries, the exact
 divergence, and the O(h^4) errors of the fixed-step RK4 log-det and inverse.
 
-Float precision: the layer runs in float64; FLOAT_TOL = 1e-12 is ~4500 eps64 at fields and
+Float precision: the layers here are float64 and run float64 inputs in float64 throughout (float32
+inputs run the feature pass in float32: its own test below); FLOAT_TOL = 1e-12 is ~4500 eps64 at fields and
 log-dets of size ~1-10, a bound on the rounding of the FFT sums (V <= 64 sites) over <= 64 RK4
 stages, not a fitted window. Convergence orders come from RK4 theory (order 4: the fitted slope
 of log error against log h must exceed 3.5 for an order-4 error; an order-3 error would give 3).
@@ -18,7 +19,8 @@ import torch
 
 from lattice_flows.config import ConfigError, FlowConfig, config_from_dict
 from lattice_flows.flows.cnf import (
-    BOUND_SATURATED, ContinuousEquivariantLayer, bound_use, orbit_basis, orbit_table, time_basis,
+    BOUND_SATURATED, ContinuousEquivariantLayer, bound_use, feature_dtype, orbit_basis,
+    orbit_table, time_basis,
 )
 from lattice_flows.flows.flow import build_flow
 
@@ -72,6 +74,34 @@ def test_z2_equivariance_bit_exact(dtype, shape, kernel):
     xb, ldb = layer.inverse(y)
     xb_neg, ldb_neg = layer.inverse(-y)
     assert torch.equal(xb_neg, -xb) and torch.equal(ldb_neg, ldb)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_float32_input_runs_the_feature_pass_in_float32_close_to_float64(kernel):
+    """A float32 input runs sin, cos and the FFT convolution in float32 (flows/cnf.py,
+    "Exactness"); the RK4 state and the divergence's site sum stay float64. Against the float64
+    pass of the same input: phi within 4 eps32 max|phi| (half an ulp of output rounding, plus the
+    integrated feature error <= Lmax eps32 max|phi| with Lmax = 3), forward and inverse; log-det
+    within Lmax sqrt(V) eps32 (max|omega phi| + 1), the size of V independent roundings of the
+    cosines' arguments added in quadrature (a wrong frequency or a float32 site sum would be
+    orders of magnitude above it)."""
+    assert feature_dtype(torch.float32) == torch.float32
+    assert feature_dtype(torch.float64) == torch.float64
+    kw = {"kernel_range": 3} if "orbit" in kernel else {}
+    layer = make_layer(n_frequencies=8, n_time=5, kernel=kernel, **kw)
+    shape = (16, 16)
+    x = 1.5 * field(shape, batch=8)
+    eps32 = torch.finfo(torch.float32).eps
+    with torch.no_grad():
+        for pair in ((layer(x.float()), layer(x)), (layer.inverse(x.float()), layer.inverse(x))):
+            (y32, ld32), (y64, ld64) = pair
+            assert y32.dtype == torch.float32 and ld32.dtype == torch.float64
+            big = float(y64.abs().max())
+            assert float((y32.double() - y64).abs().max()) <= 4 * eps32 * big
+            arg_max = float(layer.omega.abs().max()) * float(x.abs().max()) * 1.2
+            tol = 3.0 * math.sqrt(math.prod(shape)) * eps32 * (arg_max + 1.0)
+            assert float((ld32 - ld64).abs().max()) <= tol
+            assert float((y64 - x).abs().max()) > 0.02  # the map is not trivial
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
