@@ -19,17 +19,20 @@ One protocol for the library (:func:`lattice_flows.mcmc.hmc_thermalise.thermalis
    n_steps = max(1, round(tau / eps)).
 3. ``scan`` (only ``trajectory_length: auto``): n_therm // 3 trajectories at frozen eps over a
    geometric grid of lengths, pi/2 x 2^(k/2), k = -4..4 with FA (0.25..4 x pi/2; pi/2 is the
-   period-quarter of every free mode), or (n_steps eps) x 2^(k/2), k = -4..6 without. For each
-   length the mean squared jump <(x_{t+1} - x_t)^2> of x = M^2 and x = |M| over all chains gives
-   the lag-1 autocorrelation 1 - rho = <dx^2> / (2 Var x) (Var pooled over the whole scan),
-   tau_est = 1/2 + rho / (1 - rho) (floored at 1/2: the tau_int of an exponential
-   autocorrelation), and the length minimising (force evaluations per trajectory) x
-   2 max(tau_est(M^2), tau_est(|M|)) is kept (in effect: the largest squared jump of the slowest
-   observable per force evaluation). This is a heuristic: lag 1 from short stretches of a few
-   chains, exponential decay assumed; it is logged and its choice stored. It underestimates
-   tau_int where fast and slow scales mix (short trajectories near criticality): at the E-ladder
-   L = 32 point it improved plain HMC (10 -> 57 steps, 2040 -> 1310 force evaluations per
-   independent M^2) but chose 4 steps for FA ``free`` (1060, against 710 at the fixed 10).
+   period-quarter of every free mode), or (n_steps eps) x 2^(k/2), k = -4..6 without. Every
+   length is judged over the same horizon in force evaluations, that of one trajectory of the
+   middle grid length: a length s trajectories long is measured at lag k_s = round(F_mid / F_s)
+   trajectories (>= 1, at most its trajectories in the scan; 1 for the middle and longer
+   lengths). For each length the mean squared lag-k jump <(x_{t+k} - x_t)^2> of x = M^2 and
+   x = |M| over all chains gives 1 - rho_k = <dx^2> / (2 Var x) (Var pooled over the whole scan),
+   the per-trajectory rho = rho_k^(1/k) (exponential decay), tau_est = 1/2 + rho / (1 - rho)
+   (floored at 1/2), and the length minimising (force evaluations per trajectory) x
+   2 max(tau_est(M^2), tau_est(|M|)) is kept. Why the common horizon: near criticality a short
+   trajectory's lag-1 jump is dominated by the fast modes, so lag 1 overrates short lengths (the
+   E-ladder L = 32 point with FA ``free``: lag 1 chose 4 steps, 1060 force evaluations per
+   independent M^2 against 710 at the fixed 10); over a horizon of several short trajectories
+   the slow modes show. Still a heuristic: short stretches of a few chains, exponential decay
+   assumed; it is logged and its choice stored.
 
 Everything the protocol carries between trajectories lives in one ``state`` dict of plain values
 and tensors, so a thermalisation stopped after any trajectory and resumed from its checkpoint
@@ -97,13 +100,27 @@ def _magnetisation_pair(phi: torch.Tensor, ndim: int) -> torch.Tensor:
     return torch.stack([m * m, m.abs()])
 
 
-def _jump_tau(n_jumps: float, sum_dx2: float, var: float) -> float:
-    """tau_est = 1/2 + rho/(1 - rho) with 1 - rho = <dx^2> / (2 Var), floored at 1/2
-    (infinite when nothing moved)."""
+def _jump_tau(n_jumps: float, sum_dx2: float, var: float, lag: int = 1) -> float:
+    """tau_est = 1/2 + rho/(1 - rho), rho = rho_k^(1/k) per trajectory from the lag-k
+    autocorrelation 1 - rho_k = <dx^2> / (2 Var) (k = ``lag``), floored at 1/2 (rho_k <= 0);
+    infinite when nothing moved."""
     if sum_dx2 <= 0.0 or n_jumps == 0:
         return math.inf
-    one_minus_rho = min(sum_dx2 / n_jumps / (2.0 * var), 1.0) if var > 0 else 1.0
-    return 0.5 + (1.0 - one_minus_rho) / one_minus_rho
+    one_minus_rho_k = min(sum_dx2 / n_jumps / (2.0 * var), 1.0) if var > 0 else 1.0
+    rho = (1.0 - one_minus_rho_k) ** (1.0 / lag)
+    if rho >= 1.0:
+        return math.inf
+    return 0.5 + rho / (1.0 - rho)
+
+
+def scan_lag(plan: TuningPlan, hmc: HMC, eps: float, length: float, n_point: int) -> int:
+    """Lag k_s (trajectories) at which the scan judges ``length``: the force evaluations of one
+    trajectory of the middle grid length over those of one of ``length``, rounded, in
+    [1, n_point] (module docstring, ``scan``)."""
+    lengths = plan.scan_lengths(eps)
+    mid = hmc.force_evaluations(max(1, round(lengths[len(lengths) // 2] / eps)))
+    own = hmc.force_evaluations(max(1, round(length / eps)))
+    return max(1, min(n_point, round(mid / own)))
 
 
 def _end_measure(plan: TuningPlan, hmc: HMC, state: dict) -> None:
@@ -144,16 +161,17 @@ def _end_scan(plan: TuningPlan, hmc: HMC, state: dict) -> None:
     n, sx, sxx = state["scan_var"].unbind(dim=1)
     var = (sxx / n - (sx / n) ** 2).tolist()
     for row in state["scan"]:
-        row["tau_M2"] = _jump_tau(row["n_jumps"], row["sum_dx2"][0], var[0])
-        row["tau_absM"] = _jump_tau(row["n_jumps"], row["sum_dx2"][1], var[1])
+        lag = int(row.get("lag", 1))
+        row["tau_M2"] = _jump_tau(row["n_jumps"], row["sum_dx2"][0], var[0], lag)
+        row["tau_absM"] = _jump_tau(row["n_jumps"], row["sum_dx2"][1], var[1], lag)
         row["cost"] = row["force_evals"] * 2 * max(row["tau_M2"], row["tau_absM"])
-        log.info("trajectory-length scan: length %.4g (n_steps %d): tau_est M2 %.3g, |M| %.3g, "
-                 "cost %.4g force evaluations per effective sample", row["length"],
-                 row["n_steps"], row["tau_M2"], row["tau_absM"], row["cost"])
+        log.info("trajectory-length scan: length %.4g (n_steps %d, lag %d): tau_est M2 %.3g, "
+                 "|M| %.3g, cost %.4g force evaluations per effective sample", row["length"],
+                 row["n_steps"], lag, row["tau_M2"], row["tau_absM"], row["cost"])
     best = min(state["scan"], key=lambda row: row["cost"])
     hmc.n_steps = best["n_steps"]
     log.info("trajectory length auto: chose %.4g = %d x eps %.5g (heuristic: force evaluations x "
-             "lag-1 tau_est of the slowest of M2, |M|)", best["length"], best["n_steps"],
+             "tau_est of the slowest of M2, |M| over a common horizon)", best["length"], best["n_steps"],
              hmc.step_size)
 
 
@@ -166,21 +184,27 @@ def tuning_step(plan: TuningPlan, hmc: HMC, phi: torch.Tensor, state: dict) -> t
         k, i_in, n_pt = _scan_point(plan, index, n_seg, state["scan_eps"])
         length = plan.scan_lengths(state["scan_eps"])[k]
         hmc.n_steps = max(1, round(length / hmc.step_size))
+        lag = scan_lag(plan, hmc, state["scan_eps"], length, n_pt)
         if i_in == 0:
-            state["scan_prev"] = _magnetisation_pair(phi, ndim)
+            # the last `lag` values of (M^2, |M|) per chain, oldest first: (lag, 2, chains)
+            state["scan_prev"] = _magnetisation_pair(phi, ndim).unsqueeze(0)
             state["scan_sums"] = torch.zeros(2, dtype=torch.float64, device=phi.device)
             if state["scan_var"] is None:
                 state["scan_var"] = torch.zeros(2, 3, dtype=torch.float64, device=phi.device)
         phi, _, prob, _ = hmc.step(phi)
         now = _magnetisation_pair(phi, ndim)
-        state["scan_sums"] += ((now - state["scan_prev"]) ** 2).sum(dim=1)
+        prev = state["scan_prev"]
+        if prev.dim() == 2:  # a checkpoint of the lag-1 scan (before lags): its last value
+            prev = prev.unsqueeze(0)
+        if i_in + 1 >= lag:  # x_{t+k} - x_t with k = lag
+            state["scan_sums"] += ((now - prev[0]) ** 2).sum(dim=1)
         state["scan_var"] += torch.stack(
             [torch.full_like(now[:, 0], now.shape[1]), now.sum(1), (now * now).sum(1)], dim=1)
-        state["scan_prev"] = now
+        state["scan_prev"] = torch.cat([prev, now.unsqueeze(0)])[-lag:]
         if i_in == n_pt - 1:
             state["scan"].append({"length": hmc.n_steps * hmc.step_size, "n_steps": hmc.n_steps,
                                   "force_evals": hmc.force_evaluations(hmc.n_steps),
-                                  "n_jumps": n_pt * now.shape[1],
+                                  "lag": lag, "n_jumps": (n_pt + 1 - lag) * now.shape[1],
                                   "sum_dx2": state["scan_sums"].tolist()})
     else:
         phi, _, prob, _ = hmc.step(phi)

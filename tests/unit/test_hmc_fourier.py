@@ -199,6 +199,44 @@ def test_trajectory_length_auto_picks_a_quarter_period_on_the_fa_free_field(tmp_
     assert len(f.attrs["trajectory_scan_length"]) == 9
 
 
+def test_scan_tau_from_a_lag_k_jump_is_the_per_trajectory_tau_of_an_exponential_decay():
+    """For rho(t) = r^t the lag-k jump <dx^2> = 2 Var (1 - r^k) gives back r at every k, so
+    tau_est = 1/2 + r/(1 - r) whatever the lag; rho_k <= 0 floors it at 1/2."""
+    from lattice_flows.mcmc.hmc_tuning import _jump_tau
+
+    var, n = 2.5, 1000
+    for r in (0.1, 0.5, 0.9):
+        want = 0.5 + r / (1 - r)
+        for lag in (1, 2, 4, 6):
+            got = _jump_tau(n, n * 2 * var * (1 - r**lag), var, lag)
+            assert math.isclose(got, want, rel_tol=1e-8), (r, lag, got, want)  # 1 - r^k rounds
+    assert _jump_tau(n, n * 2 * var * 1.3, var, 3) == 0.5
+    assert _jump_tau(n, 0.0, var, 2) == math.inf
+
+
+@pytest.mark.parametrize("fourier", [True, False])
+def test_scan_lags_give_every_length_the_middle_lengths_horizon(fourier):
+    """k_s = round(F_mid / F_s): lag 1 from the middle grid length on, longer lags below it,
+    capped by the trajectories the scan gives a length."""
+    from lattice_flows.mcmc.hmc_plan import TuningPlan
+    from lattice_flows.mcmc.hmc_tuning import scan_lag
+
+    plan = TuningPlan(n_therm=300, tune_eps=True, step_size=None, target=0.8, n_steps=10,
+                      fourier=fourier, kernel="free", mu2=1.0, trajectory_length="auto",
+                      shape=(8, 8))
+    hmc = HMC(Phi4Action(-4.0, 5.0, 2), 0.05, 10)
+    eps = 0.05
+    lengths = plan.scan_lengths(eps)
+    mid = len(lengths) // 2
+    lags = [scan_lag(plan, hmc, eps, length, 100) for length in lengths]
+    assert lags[mid:] == [1] * (len(lengths) - mid)
+    assert lags[:mid] == sorted(lags[:mid], reverse=True) and lags[0] > 2
+    f_mid = hmc.force_evaluations(round(lengths[mid] / eps))
+    for length, lag in zip(lengths, lags):
+        assert lag == max(1, round(f_mid / hmc.force_evaluations(round(length / eps))))
+    assert scan_lag(plan, hmc, eps, lengths[0], 2) == 2
+
+
 def test_too_short_thermalisation_for_fa_tuning_is_refused(tmp_path):
     raw = {"lattice": {"shape": [4, 4]}, "action": {"m2": -4.0, "lam": 8.0}, "device": "cpu",
            "hmc": {"n_therm": 20, "fourier_acceleration": True, "fa_kernel": "measured"},
