@@ -142,7 +142,7 @@ def test_tutorial_couplings_small_volume_flow_mcmc_agrees_with_hmc(tmp_path):
     # the flow must be decent: with ESS ~ 0.15 the rare high-weight configurations are seen too
     # seldom in a short run, and both flow MCMC and reweighting come out biased low (measured)
     res = _flow_vs_hmc(tmp_path, (4, 4),
-                       train={"steps": 800, "batch_size": 32, "objective": "path_gradient",
+                       train={"steps": 800, "batch_size": 32, "objective": "path_gradient_fast",
                               "eval_samples": 4096},
                        sample={"n_chains": 64, "n_samples": 800})
     assert res.acceptance > 0.5, res

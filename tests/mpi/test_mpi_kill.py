@@ -6,6 +6,13 @@ mpiexec take the other rank down as a node failure would, or the whole job is SI
 random instant (what a scheduler does at the hard limit). After every kill every rank file opens
 and verifies; rerunning the same command with two ranks finishes the run, and the final files
 equal those of an uninterrupted two-rank run with the same seed, element by element.
+
+Depth (CI time): every kill of two ranks costs a start of mpiexec and two Pythons. The default
+run (``depth = ci``) kills each command at one named write point and at one random instant; the
+whole list of points of each command runs with ``pytest -m slow`` (``depth = full``). The
+single-rank suite (tests/integration/test_kill_suite.py) always runs every point. The SIGTERM
+test likewise runs ``train`` (the collective checkpoint of torch.distributed training) by default
+and ``hmc`` and ``sample`` as slow tests.
 """
 
 from __future__ import annotations
@@ -71,42 +78,58 @@ def kill_attempts(cmd: str, cfg: Path, run: Path, specs: list[str], rng: random.
     assert random_kills >= 1, f"{cmd} finished before every random kill: the test proves nothing"
 
 
+DEPTHS = ["ci", pytest.param("full", marks=pytest.mark.slow)]
+
+
+def at_depth(specs: list[str], depth: str) -> list[str]:
+    """The kill points of one command: all of them (``full``), or its first named point and one
+    random instant (``ci``, module docstring)."""
+    if depth == "full":
+        return specs
+    return [next(s for s in specs if s != "random"), "random"]
+
+
 def _raw(out: Path) -> dict:
     return flow_raw(
         out,
-        hmc={"n_chains": 4, "n_therm": 30, "n_traj": 1500, "n_steps": 6, "step_size": "auto",
+        hmc={"n_chains": 4, "n_therm": 30, "n_traj": 1000, "n_steps": 6, "step_size": "auto",
              "save_every": 1},
-        train={"steps": 300, "checkpoint_every": 20, "log_every": 10, "batch_size": 32},
-        sample={"n_chains": 4, "n_samples": 3000, "batch_size": 64, "save_every": 3},
+        train={"steps": 200, "checkpoint_every": 20, "log_every": 10, "batch_size": 32},
+        sample={"n_chains": 4, "n_samples": 1500, "batch_size": 64, "save_every": 3},
         output={"chunk_rows": 30},
     )
 
 
-def test_two_rank_hmc_killed_anywhere_resumes_to_the_uninterrupted_chains(tmp_path):
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_two_rank_hmc_killed_anywhere_resumes_to_the_uninterrupted_chains(tmp_path, depth):
     ref = write_config(tmp_path / "ref.yaml", _raw(tmp_path / "ref"))
     finish("hmc", ref)
     cfg = write_config(tmp_path / "killed.yaml", _raw(tmp_path / "killed"))
     specs = ["part:2:1", "checkpoint:2:0", "master:3:1", "random", "random"]
-    kill_attempts("hmc", cfg, tmp_path / "killed", specs, random.Random(11), "hmc.rank0001.h5")
+    kill_attempts("hmc", cfg, tmp_path / "killed", at_depth(specs, depth), random.Random(11),
+                  "hmc.rank0001.h5")
     finish("hmc", cfg)
     for name in ("hmc.rank0000.h5", "hmc.rank0001.h5", "hmc.h5"):
         assert_same_samples(tmp_path / "ref" / name, tmp_path / "killed" / name)
     assert verify_sample_file(tmp_path / "killed" / "hmc.h5") == []
 
 
-def test_two_rank_training_killed_anywhere_resumes_to_the_uninterrupted_flow(tmp_path):
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_two_rank_training_killed_anywhere_resumes_to_the_uninterrupted_flow(tmp_path, depth):
     ref = write_config(tmp_path / "ref.yaml", _raw(tmp_path / "ref"))
     finish("train", ref)
     cfg = write_config(tmp_path / "killed.yaml", _raw(tmp_path / "killed"))
     specs = ["checkpoint:2:0", "trainlog:3:0", "checkpoint:4:0", "random", "random"]
-    kill_attempts("train", cfg, tmp_path / "killed", specs, random.Random(12), "train.ckpt")
+    kill_attempts("train", cfg, tmp_path / "killed", at_depth(specs, depth), random.Random(12),
+                  "train.ckpt")
     finish("train", cfg)
     assert_same_flow(tmp_path / "ref" / "flow.pt", tmp_path / "killed" / "flow.pt")
     assert_same_train_log(tmp_path / "ref" / "train.h5", tmp_path / "killed" / "train.h5",
                           ("step", "loss", "ess", "grad_norm"))
 
 
-def test_two_rank_sampling_killed_anywhere_resumes_to_the_uninterrupted_chains(tmp_path):
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_two_rank_sampling_killed_anywhere_resumes_to_the_uninterrupted_chains(tmp_path, depth):
     flow_run = tmp_path / "flow"
     finish("train", write_config(tmp_path / "flow.yaml", {**_raw(flow_run),
                                                            "train": {**_raw(flow_run)["train"], "steps": 60}}))
@@ -116,7 +139,8 @@ def test_two_rank_sampling_killed_anywhere_resumes_to_the_uninterrupted_chains(t
     raw["output"]["dir"] = str(tmp_path / "killed")
     cfg = write_config(tmp_path / "killed.yaml", raw)
     specs = ["part:1:0", "master:2:1", "checkpoint:2:1", "random", "random"]
-    kill_attempts("sample", cfg, tmp_path / "killed", specs, random.Random(13), "samples.rank0001.h5")
+    kill_attempts("sample", cfg, tmp_path / "killed", at_depth(specs, depth), random.Random(13),
+                  "samples.rank0001.h5")
     finish("sample", cfg)
     for name in ("samples.rank0000.h5", "samples.rank0001.h5", "samples.h5"):
         assert_same_samples(tmp_path / "ref" / name, tmp_path / "killed" / name)
@@ -135,27 +159,37 @@ def _sigterm_after_start(cmd: str, cfg: Path, marker: Path, delay: float) -> tup
     return proc.returncode, out, time.time() - t0
 
 
-def test_two_rank_sigterm_checkpoints_within_seconds_and_resumes_exactly(tmp_path):
+SIGTERM_RUNS = {  # command: (marker file, sample files compared)
+    "train": ("train.ckpt", ()),
+    "hmc": ("hmc.rank0001.h5", ("hmc.rank0000.h5", "hmc.rank0001.h5", "hmc.h5")),
+    "sample": ("samples.rank0001.h5", ("samples.rank0000.h5", "samples.rank0001.h5", "samples.h5")),
+}
+
+
+@pytest.mark.parametrize("cmd", ["train", pytest.param("hmc", marks=pytest.mark.slow),
+                                 pytest.param("sample", marks=pytest.mark.slow)])
+def test_two_rank_sigterm_checkpoints_within_seconds_and_resumes_exactly(tmp_path, cmd):
     ref, term = tmp_path / "ref", tmp_path / "term"
     raw_ref, raw_term = _raw(ref), _raw(term)
     for raw in (raw_ref, raw_term):
         raw["hmc"]["n_traj"] = 6000
-        raw["train"]["steps"] = 600
-        raw["sample"].update(flow=str(ref / "flow.pt"), n_samples=20000)
+        raw["train"]["steps"] = 300  # the run must outlast the 0.5 s before SIGTERM (asserted)
+        raw["sample"].update(flow=str(tmp_path / "flow" / "flow.pt"), n_samples=20000)
+    if cmd == "sample":  # a short-trained flow to sample from
+        raw_flow = _raw(tmp_path / "flow")
+        raw_flow["train"]["steps"] = 60
+        finish("train", write_config(tmp_path / "flow.yaml", raw_flow))
     cfg_ref = write_config(tmp_path / "ref.yaml", raw_ref)
     cfg_term = write_config(tmp_path / "term.yaml", raw_term)
-    for cmd, marker, files in (
-        ("train", "train.ckpt", ()),
-        ("hmc", "hmc.rank0001.h5", ("hmc.rank0000.h5", "hmc.rank0001.h5", "hmc.h5")),
-        ("sample", "samples.rank0001.h5", ("samples.rank0000.h5", "samples.rank0001.h5", "samples.h5")),
-    ):
-        finish(cmd, cfg_ref)
-        rc, out, seconds = _sigterm_after_start(cmd, cfg_term, term / marker, 0.5)
-        assert rc == 143 and seconds < 10, (rc, seconds, out)
-        assert out.count("stopped by SIGTERM after a clean checkpoint") >= 1, out
-        assert "Traceback" not in out, out
-        check_run_folder(term)
-        finish(cmd, cfg_term)
-        for name in files:
-            assert_same_samples(ref / name, term / name)
-    assert_same_flow(ref / "flow.pt", term / "flow.pt")
+    marker, files = SIGTERM_RUNS[cmd]
+    finish(cmd, cfg_ref)
+    rc, out, seconds = _sigterm_after_start(cmd, cfg_term, term / marker, 0.5)
+    assert rc == 143 and seconds < 10, (rc, seconds, out)
+    assert out.count("stopped by SIGTERM after a clean checkpoint") >= 1, out
+    assert "Traceback" not in out, out
+    check_run_folder(term)
+    finish(cmd, cfg_term)
+    for name in files:
+        assert_same_samples(ref / name, term / name)
+    if cmd == "train":
+        assert_same_flow(ref / "flow.pt", term / "flow.pt")
