@@ -72,7 +72,8 @@ equivariant layer"), where the optimizer presses the field against the bound: in
 true log-det 0.8-1.0e-5 per configuration at the default 16 steps (1.9-3.0e-4 at 8 steps,
 falling ~h^5), max |inverse(forward(x)) - x| ~2e-8 at 16 steps (~5e-7 at 8). Only the spread
 of the error over configurations biases independence Metropolis (a constant cancels): ~2e-6 at
-16 steps. The RK4 state (phi, ell), the kernels and the divergence's sum over sites are float64;
+16 steps. The RK4 state (phi, ell) and the kernels are float64, and so is the divergence's sum
+over sites, but for its partial sums along the last axis (L_d terms each, in the features' dtype);
 the feature pass (sin, cos and the FFT convolution) runs in the input's precision
 (:func:`feature_dtype`): float64 for a float64 input, float32 for the float32 flows of production,
 where it halves the memory traffic (``benchmarks/throughput.py`` at L = 32, A/B against the float64
@@ -306,7 +307,9 @@ class ContinuousEquivariantLayer(nn.Module):
     ):
         """(f(phi, t), div f(phi, t)), both float64, for the float64 state phi of shape
         (batch, *L) and kernel weights ``weight`` (:meth:`bounded_weight`); the features, their
-        FFTs and cos run in ``dtype`` (:func:`feature_dtype`), the sum over sites in float64."""
+        FFTs and cos run in ``dtype`` (:func:`feature_dtype`), the sum over sites in float64
+        after partial sums along the last axis in ``dtype``. Without gradients (sampling) the
+        same operations run in place, without temporaries: the results are bit-identical."""
         dims = tuple(range(2, phi.dim() + 1))
         coef = torch.einsum("cjk,j->ck", weight, self._time(t, phi.device))
         k_hat = torch.einsum("ck,k...->c...", coef, half).to(dtype)  # (C, *half)
@@ -314,10 +317,21 @@ class ContinuousEquivariantLayer(nn.Module):
         omega = self.omega.to(dtype).reshape((-1,) + (1,) * (phi.dim() - 1))
         x = phi.to(dtype)
         arg = omega * x.unsqueeze(1)  # (batch, n_freq, *L)
-        feats = torch.cat([torch.sin(arg), x.unsqueeze(1)], dim=1)
-        f_hat = (torch.fft.rfftn(feats, dim=dims) * k_hat).sum(dim=1)
+        if torch.is_grad_enabled():
+            feats = torch.cat([torch.sin(arg), x.unsqueeze(1)], dim=1)
+            f_hat = (torch.fft.rfftn(feats, dim=dims) * k_hat).sum(dim=1)
+            cos = torch.cos(arg)
+        else:  # the same values without the temporaries of cat, mul and cos (sampling passes)
+            feats = arg.new_empty((arg.shape[0], arg.shape[1] + 1) + arg.shape[2:])
+            torch.sin(arg, out=feats[:, :-1])
+            feats[:, -1].copy_(x)
+            f_hat = torch.fft.rfftn(feats, dim=dims).mul_(k_hat).sum(dim=1)
+            cos = arg.cos_()
         f = torch.fft.irfftn(f_hat, s=phi.shape[1:], dim=tuple(range(1, phi.dim())))
-        cos_sum = torch.cos(arg).sum(dim=dims, dtype=torch.float64)  # (batch, n_freq)
+        # the sum over sites: along the last axis in the features' dtype (L_d terms), then float64
+        rows = cos.sum(dim=-1)
+        cos_sum = (rows.sum(dim=tuple(range(2, rows.dim())), dtype=torch.float64)
+                   if rows.dim() > 2 else rows.to(torch.float64))  # (batch, n_freq)
         volume = math.prod(phi.shape[1:])
         div = cos_sum @ (k_zero[:-1] * self.omega.to(torch.float64)) + volume * k_zero[-1]
         return f.to(torch.float64), div

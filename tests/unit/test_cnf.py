@@ -83,8 +83,9 @@ def test_float32_input_runs_the_feature_pass_in_float32_close_to_float64(kernel)
     pass of the same input: phi within 4 eps32 max|phi| (half an ulp of output rounding, plus the
     integrated feature error <= Lmax eps32 max|phi| with Lmax = 3), forward and inverse; log-det
     within Lmax sqrt(V) eps32 (max|omega phi| + 1), the size of V independent roundings of the
-    cosines' arguments added in quadrature (a wrong frequency or a float32 site sum would be
-    orders of magnitude above it)."""
+    cosines' arguments added in quadrature (a wrong frequency or a float32 sum over all V sites
+    would be orders of magnitude above it; the partial sums over the last axis, L_d float32 terms
+    each, add roundings of the size of those of the cosines themselves)."""
     assert feature_dtype(torch.float32) == torch.float32
     assert feature_dtype(torch.float64) == torch.float64
     kw = {"kernel_range": 3} if "orbit" in kernel else {}
@@ -102,6 +103,24 @@ def test_float32_input_runs_the_feature_pass_in_float32_close_to_float64(kernel)
             tol = 3.0 * math.sqrt(math.prod(shape)) * eps32 * (arg_max + 1.0)
             assert float((ld32 - ld64).abs().max()) <= tol
             assert float((y64 - x).abs().max()) > 0.02  # the map is not trivial
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(12,), (8, 8), (4, 4, 6)])
+def test_sampling_pass_without_gradients_equals_the_training_pass(shape, dtype):
+    """Without gradients the feature pass writes sin into a preallocated buffer and multiplies
+    and takes cos in place (flows/cnf.py ``_field``); with gradients it builds new tensors. The
+    operations and their order are the same, so phi and the log-det agree bit for bit, forward
+    and inverse, in every d (d = 1 has no axis left after the rows of the site sum)."""
+    layer = make_layer(ndim=len(shape), n_frequencies=3, n_time=3)
+    x = 1.5 * field(shape, batch=5)
+    x = x.to(dtype)
+    for fn in (layer, layer.inverse):
+        with torch.no_grad():
+            y0, ld0 = fn(x)
+        y1, ld1 = fn(x.clone().requires_grad_(True))
+        assert ld1.requires_grad
+        assert torch.equal(y0, y1.detach()) and torch.equal(ld0, ld1.detach())
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
