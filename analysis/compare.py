@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             text += "\nTraining device-s added: " + ", ".join(
                 f"{k}: {v:.1f} on {kind}" for k, (v, kind) in train_cost.items()) + ".\n"
         if adjusted:
-            text += ("\nImportance sampling (" + ", ".join(adjusted) + "): τ shown is the effective "
-                     "1/(2 ESS/N), so cost per effective sample = device-s / ESS.\n")
+            text += ("\nImportance sampling (" + ", ".join(adjusted) + "): τ shown is each "
+                     "observable's effective τ = N var⟨O⟩ / (2 var_p O) (1/(2 ESS/N) for an "
+                     "observable independent of the weights), so cost per effective sample = "
+                     "2 τ × device-s per draw.\n")
         text += (f"\nz = (O − O_ref)/sqrt(σ² + σ_ref²) with reference {sources[0].label}: > 0 "
                  "means the run is higher; every ratio is run / reference (< 1: the run has the "
                  "smaller τ_int, is cheaper per effective sample); τ_int in units of saved rows.\n")

@@ -129,8 +129,12 @@ def find_sample_files(path: str | Path) -> list[Path]:
 def analyze_importance(sf: SampleFile, max_t: int | None = None) -> list[Row]:
     """Self-normalised reweighted observables of an importance-sampling file, plus ESS/N and
     log Z (docs/conventions.md "Statistics"). The samples are independent; the tau_int column holds
-    the effective 1/(2 ESS/N) so that costs compare with Markov chains."""
-    from lattice_flows.estimates import effective_sample_size, log_partition_function, reweighted_mean
+    each observable's effective tau_eff = N var<O> / (2 var_p O) with its jackknife error
+    (:func:`lattice_flows.estimates.reweighting_tau`; 1/(2 ESS/N) for an observable independent
+    of the weights), so that costs compare with Markov chains."""
+    from lattice_flows.estimates import (
+        effective_sample_size, log_partition_function, reweighted_mean, reweighting_tau,
+    )
 
     lw = np.asarray(sf.extra("log_w"), dtype=np.float64)
     # one axis of draws (rows x chains): failed draws (NaN/+inf, a broken flow) are left out here
@@ -142,22 +146,24 @@ def analyze_importance(sf: SampleFile, max_t: int | None = None) -> list[Row]:
     if not keep.all():
         lw, obs = lw[keep], {k: v[keep] for k, v in obs.items()}
     ess = effective_sample_size(lw)
-    # N independent weighted samples are worth N * ESS/N unweighted ones: report the effective
-    # tau_int = 1 / (2 ESS/N), so that cost per effective sample = CPU-s / ESS everywhere
-    tau_eff = 0.5 / ess if ess > 0 else float("inf")
+
+    def estimate(values: np.ndarray) -> Estimate:
+        # N weighted draws are worth N / (2 tau_eff) unweighted ones for this observable
+        r = reweighted_mean(values, lw)
+        tau, dtau = reweighting_tau(values, lw) if ess > 0 else (float("inf"), 0.0)
+        return Estimate(r.value, r.error, tau, dtau, 0)
+
     rows: list[Row] = []
-    for name in ("absM", "M2", "M4", "chi2", "E", "action_density"):
+    for name in ("M", "absM", "M2", "M4", "chi2", "E", "action_density"):
         if name in obs:
-            r = reweighted_mean(obs[name], lw)
-            rows.append(Row(name, "reweighted", Estimate(r.value, r.error, tau_eff, 0.0, 0)))
+            rows.append(Row(name, "reweighted", estimate(obs[name])))
     if "G" in obs:
         L_t = sf.lattice_shape[-1]
         t_max = L_t // 2 if max_t is None else min(max_t, L_t - 1)
         G = obs["G"]
         for t in range(t_max + 1):
             idx = (slice(None),) + (0,) * (G.ndim - 2) + (t,)
-            r = reweighted_mean(G[idx], lw)
-            rows.append(Row(f"G[{t}]", "reweighted", Estimate(r.value, r.error, tau_eff, 0.0, 0)))
+            rows.append(Row(f"G[{t}]", "reweighted", estimate(G[idx])))
     rows.append(Row("ESS/N", "flow", Estimate(ess, 0.0, 0.5, 0.0, 0)))
     lz = log_partition_function(lw)
     rows.append(Row("log_Z", "flow", Estimate(lz.value, lz.error, 0.5, 0.0, 0)))

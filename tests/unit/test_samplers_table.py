@@ -132,3 +132,33 @@ def test_committed_samplers_md_is_the_rendering_of_samplers_json():
     assert (res / "samplers.md").read_text() == "# Samplers side by side\n\n" + md + "\n"
     points = {r["point"] for r in data["rows"]}
     assert {"L16", "L32", "broken16"} <= points
+
+
+def test_reweighted_row_uses_each_observables_effective_tau(tmp_path):
+    """flow-reweighted: a real importance-sampling file of a (briefly trained) flow; its row's
+    tau_int is reweighting_tau of each observable's draws (not a Markov-chain tau), the cost
+    2 tau_eff x CPU-s per draw, and the acceptance cell shows ESS/N (no accept/reject)."""
+    from lattice_flows.estimates import reweighting_tau
+
+    cfg = api.load_config({
+        "lattice": {"shape": [4, 4]}, "action": {"m2": -4.0, "lam": 8.0}, "seed": 5,
+        "flow": {"n_layers": 2, "hidden_channels": [8]},
+        "train": {"steps": 30, "batch_size": 32, "eval_samples": 256},
+        "sample": {"mode": "importance", "n_chains": 8, "n_samples": 400, "batch_size": 64},
+        "output": {"dir": str(tmp_path / "run")},
+    })
+    api.train(cfg)
+    sf = SampleFile(api.sample(cfg))
+    assert sf.attrs["kind"] == "flow-importance"
+    row = samplers.sampler_row("P", "flow-reweighted", sf, 10.0, 8.0)
+    lw = np.asarray(sf.extra("log_w"), dtype=np.float64).reshape(-1)
+    obs = sf.observables()
+    per_row = (float(sf.attrs["cpu_s"]) - float(sf.attrs.get("therm_cpu_s", 0.0))) / lw.size
+    assert row["cpu_s_per_row"] == pytest.approx(per_row)
+    for name in samplers.OBSERVABLES:
+        tau, dtau = reweighting_tau(np.asarray(obs[name]).reshape(-1), lw)
+        assert row["tau_int"][name] == pytest.approx(tau) and tau > 0.5  # an imperfect flow
+        assert row["tau_int_err"][name] == pytest.approx(dtau)
+        assert row["cpu_s_per_eff"][name] == pytest.approx(2 * tau * per_row)
+    assert math.isnan(row["acceptance"]) and 0 < row["ess"] < 1
+    assert f"ESS/N {row['ess']:.3f}" in samplers.markdown([row], {"line": "test"})
