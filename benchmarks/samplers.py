@@ -163,12 +163,14 @@ def _is_bound(row: dict, name: str) -> bool:
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """``ratio[O]`` = cost(O) / the lowest cost(O) of a classical sampler at the same point (and
-    ``best_classical[O]``, its name); rows of a point without a classical row get no ratio.
+    """``ratio[O]`` = cost(O) / the lowest cost(O) of a classical sampler at the same point, measured
+    on the same hardware (and ``best_classical[O]``, its name); rows without such a classical row
+    get no ratio.
     Where a cost is a lower bound (no tunnelling seen), ``ratio_bound[O]`` says which way the
     ratio is bounded: 'upper' (the reference is a bound), 'lower' (the row is), 'none' (both)."""
-    for r in rows:
-        classical = [c for c in rows if c["point"] == r["point"] and c["kind"] in CLASSICAL_KINDS]
+    for r in rows:  # costs compare only on the same machine (rows of --append may differ)
+        classical = [c for c in rows if c["point"] == r["point"] and c["kind"] in CLASSICAL_KINDS
+                     and c.get("hardware") == r.get("hardware")]
         r["ratio"], r["best_classical"], r["ratio_bound"] = {}, {}, {}
         for name in OBSERVABLES:
             costs = [(c["cpu_s_per_eff"][name], c["sampler"], _is_bound(c, name)) for c in classical
@@ -210,6 +212,18 @@ def _acceptance(r: dict) -> str:
     return f"{r['acceptance']:.3f}"
 
 
+def hardware_note(rows: list[dict], hw: dict) -> str:
+    """The hardware of the rows: one line, or (rows of several machines, merged by --append) each
+    machine with the points and samplers measured on it; a row without its own line ran on ``hw``."""
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(r.get("hardware", hardware_text(hw)), []).append(f"{r['point']} {r['sampler']}")
+    if len(groups) <= 1:
+        return next(iter(groups), hardware_text(hw))
+    return "; ".join(f"{line} for {', '.join(names)}" for line, names in groups.items()) + (
+        " (ratios only between rows of the same machine)")
+
+
 def markdown(rows: list[dict], hw: dict) -> str:
     head = ["point", "L", "λ", "sampler", "acceptance", "τ_int M", "τ_int \\|M\\|", "τ_int M²",
             "τ_int E", "CPU-ms per row", "CPU-ms/eff. M", "CPU-ms/eff. \\|M\\|", "CPU-ms/eff. M²",
@@ -234,7 +248,7 @@ def markdown(rows: list[dict], hw: dict) -> str:
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out.append(
-        f"Hardware: {hardware_text(hw)}. Cost per effective sample = 2 τ_int × production CPU-s per "
+        f"Hardware: {hardware_note(rows, hw)}. Cost per effective sample = 2 τ_int × production CPU-s per "
         "chain and saved row (thermalisation/tuning and training excluded; training amortised over "
         "10⁶ samples in its own column); errors from the τ_int errors (Γ-method, S = 1.5, chains as "
         "replicas). Ratio: against the cheapest HMC-kind sampler of the same point and observable "
@@ -321,13 +335,16 @@ def main() -> int:
                 trained = train_cpu[point]
             row = sampler_row(point, sampler, SampleFile(path), trained, lam)
             row["file"] = str(path)
+            row["hardware"] = hw["line"]
             rows.append(row)
             print(f"{point} {sampler}: {time.perf_counter() - t0:.0f} s wall, acceptance "
                   f"{row['acceptance']:.3f}, tau_int(M2) {row['tau_int']['M2']:.2f}, "
                   f"CPU-ms/eff. M2 {row['cpu_s_per_eff']['M2'] * 1e3:.3g}", flush=True)
     res.mkdir(parents=True, exist_ok=True)
-    old = json.loads((res / "samplers.json").read_text())["rows"] if args.append and (
-        res / "samplers.json").exists() else []
+    old = []
+    if args.append and (res / "samplers.json").exists():
+        committed = json.loads((res / "samplers.json").read_text())
+        old = [{"hardware": hardware_text(committed["hardware"]), **r} for r in committed["rows"]]
     keys = {(r["point"], r["sampler"]) for r in rows}
     rows = add_ratios([r for r in old if (r["point"], r["sampler"]) not in keys] + rows)
     rows.sort(key=lambda r: (list(POINTS).index(r["point"]), list(SAMPLERS).index(r["sampler"])))

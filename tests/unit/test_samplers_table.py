@@ -162,3 +162,19 @@ def test_reweighted_row_uses_each_observables_effective_tau(tmp_path):
         assert row["cpu_s_per_eff"][name] == pytest.approx(2 * tau * per_row)
     assert math.isnan(row["acceptance"]) and 0 < row["ess"] < 1
     assert f"ESS/N {row['ess']:.3f}" in samplers.markdown([row], {"line": "test"})
+
+
+def test_ratios_compare_rows_of_the_same_machine_only():
+    """Rows merged by --append from two machines: a flow row is compared with the classical rows
+    measured on its own machine, and the hardware note names both machines and their rows."""
+    def row(sampler, kind, cost, hw):
+        c = {n: cost for n in samplers.OBSERVABLES}
+        return {"point": "L32", "sampler": sampler, "kind": kind, "cpu_s_per_eff": c,
+                "hardware": hw}
+
+    rows = samplers.add_ratios([row("fa-hmc", "hmc", 1.0, "A"), row("hmc", "hmc", 4.0, "B"),
+                                row("flow", "flow-mcmc", 2.0, "B")])
+    assert rows[2]["ratio"]["M2"] == pytest.approx(0.5) and rows[2]["best_classical"]["M2"] == "hmc"
+    assert rows[0]["ratio"]["M2"] == pytest.approx(1.0)
+    note = samplers.hardware_note(rows, {"line": "A"})
+    assert "A for L32 fa-hmc" in note and "B for L32 hmc, L32 flow" in note
