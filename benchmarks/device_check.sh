@@ -105,7 +105,7 @@ say "GPUs visible to torch: $NGPU"
 
 # 2. the CUDA tests
 step "pytest tests/cuda" 140 "$OUT/pytest_cuda.txt" \
-  "$PY" -m pytest tests/cuda -q -p no:cacheprovider -ra
+  "$PY" -m pytest tests/cuda -q -p no:cacheprovider -ra -n 0  # one process: the tests share one GPU
 grep -E "passed|failed|error" "$OUT/pytest_cuda.txt" | tail -n 1 | sed 's/^/    /' | tee -a "$SUMMARY"
 
 # 3. the NCCL path: one rank per GPU

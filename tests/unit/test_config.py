@@ -31,7 +31,15 @@ def _with(path: str, value):
     return raw
 
 
-_DELETE = object()
+class _Delete:
+    """Marker of a key to remove; a fixed repr keeps the test ids the same in every process
+    (pytest-xdist workers must collect the same ids)."""
+
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+_DELETE = _Delete()
 
 BAD = [
     ("lattice.shape", [8, 0], "lattice.shape"),
